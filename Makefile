@@ -1,0 +1,76 @@
+# Two commands on a fresh machine: `make run` and `make test`. Each sets up
+# everything it needs (Debian packages, a virtual environment, the Python
+# dependencies) and is safe to run again.
+
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+DEMO := var/demo
+# What the tests use from Debian: du (the benchmark's baseline), mount (a
+# second filesystem inside a scanned tree), pg_isready/psql (the ledger tests).
+DEBIAN_PACKAGES := coreutils util-linux findutils postgresql-client
+
+.PHONY: run test lint typecheck importlint pytest deps system-deps services bench clean
+
+run: deps
+	$(BIN)/quotad demo $(DEMO)
+	$(BIN)/quotad --config $(DEMO)/quotad.toml db upgrade
+	-$(BIN)/quotad --config $(DEMO)/quotad.toml scan
+	$(BIN)/quotad --config $(DEMO)/quotad.toml report
+	@echo
+	@echo "The demo ledger is $(DEMO)/quotad.db. Try next:"
+	@echo "  $(BIN)/quotad --config $(DEMO)/quotad.toml report --json"
+	@echo "  $(BIN)/quotad --config $(DEMO)/quotad.toml member list"
+	@echo "  $(BIN)/quotad --config $(DEMO)/quotad.toml quota set bob --soft 100MiB --hard 120MiB --reason 'more room'"
+	@echo "  $(BIN)/quotad --config $(DEMO)/quotad.toml scan --json"
+
+test: deps services lint typecheck importlint pytest
+
+lint: deps
+	$(BIN)/ruff check quotad scanners api migrations tests bench
+	$(BIN)/ruff format --check quotad scanners api migrations tests bench
+
+typecheck: deps
+	$(BIN)/mypy
+
+importlint: deps
+	$(BIN)/lint-imports
+
+pytest: deps services
+	$(BIN)/pytest
+
+bench: deps
+	$(BIN)/python bench/tree_scan.py
+
+deps: system-deps $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# Installs only what is missing, so a machine that has everything pays nothing.
+system-deps:
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+# The ledger tests need PostgreSQL on 127.0.0.1:5432; start the local cluster
+# if it is installed but stopped.
+services: system-deps
+	@if ! pg_isready -q -h 127.0.0.1 -p 5432; then \
+	  if command -v pg_ctlcluster >/dev/null; then \
+	    for v in $$(ls /etc/postgresql 2>/dev/null); do pg_ctlcluster --skip-systemctl-redirect $$v main start || true; done; \
+	  fi; \
+	  for i in $$(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done; \
+	fi
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache
