@@ -1,0 +1,531 @@
+"""The `quotad` command (INTERFACE.md section 3).
+
+Each command is one unit of work: it builds its own engine from the settings,
+commits at the end, and maps domain errors to exit codes in one place:
+0 done, 1 something failed, 2 bad usage, input or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, TextIO
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from quotad import migrate
+from quotad.config import Settings, load_settings
+from quotad.db import make_engine, session_scope
+from quotad.demo import write_demo
+from quotad.errors import ConfigError, InvalidInput, QuotadError
+from quotad.formatting import human_size, table
+from quotad.ledger.service import COMPLETE, FAILED, LedgerService
+from quotad.members.models import Member
+from quotad.members.service import MemberService
+from quotad.quotas.service import QuotaService
+from quotad.scanning import SourceOutcome, scan_and_record, select_sources
+from quotad.timeutil import format_time, parse_time
+from scanners.base import Progress
+from scanners.options import parse_duration, parse_size
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class UsageError(QuotadError):
+    """Wrong arguments, found after parsing."""
+
+
+def actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(args.config)
+
+
+def _engine(args: argparse.Namespace, *, migrated: bool = True) -> tuple[Settings, Engine]:
+    settings = _settings(args)
+    engine = make_engine(settings.database_url)
+    args.cleanup.callback(engine.dispose)
+    if migrated:
+        migrate.require_current(engine)
+    return settings, engine
+
+
+def _print_json(value: Any, out: TextIO | None = None) -> None:
+    json.dump(value, out or sys.stdout, indent=2, ensure_ascii=False)
+    (out or sys.stdout).write("\n")
+
+
+# db
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    _, engine = _engine(args, migrated=False)
+    migrate.upgrade_engine(engine)
+    print(f"ledger at {engine.url.render_as_string(hide_password=True)} is up to date")
+    return EXIT_OK
+
+
+def cmd_db_rebuild(args: argparse.Namespace) -> int:
+    _, engine = _engine(args)
+    with session_scope(engine, write=True) as session:
+        count = LedgerService(session, actor=actor()).rebuild_current_usage()
+    print(f"current usage rebuilt from the samples: {count} resources")
+    return EXIT_OK
+
+
+# scan
+
+
+def _progress_for(stream: TextIO) -> Callable[[Any], Progress | None]:
+    def factory(source: Any) -> Progress | None:
+        if not stream.isatty():
+            return None
+
+        def show(what: str, done: int, total: int | None) -> None:
+            count = f"{done}/{total}" if total is not None else str(done)
+            text = f"{source.name}: {count} {what}"[:78]
+            stream.write(f"\r\x1b[K{text}")
+            stream.flush()
+
+        return show
+
+    return factory
+
+
+def _outcome_json(outcome: SourceOutcome) -> dict[str, Any]:
+    scan = outcome.scan
+    status = scan.status if outcome.result is not None else FAILED
+    return {
+        "scan_id": str(scan.scan_id),
+        "source": scan.source,
+        "kind": scan.source_kind,
+        "status": status,
+        "started_at": format_time(scan.started_at),
+        "finished_at": format_time(scan.finished_at),
+        "resources": len(scan.measurements),
+        "bytes": sum(m.bytes for m in scan.measurements),
+        "files": sum(m.files for m in scan.measurements),
+        "error": scan.error or outcome.record_error,
+        "failures": [
+            {"kind": f.kind, "name": f.name, "member": f.member, "error": f.error}
+            for f in scan.failures
+        ],
+        "zeroed": outcome.result.zeroed if outcome.result else 0,
+    }
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    settings, engine = _engine(args)
+    sources = select_sources(settings, args.sources)
+    if not sources:
+        print("no sources configured: add [[sources]] tables to the config", file=sys.stderr)
+        return EXIT_OK
+    outcomes = scan_and_record(
+        engine, settings, sources, actor(), progress_for=_progress_for(sys.stderr)
+    )
+    if sys.stderr.isatty():
+        sys.stderr.write("\r\x1b[K")
+    results = [_outcome_json(o) for o in outcomes]
+    if args.json:
+        _print_json(results)
+    else:
+        for r in results:
+            line = (
+                f"{r['source']}: {r['status']}, {r['resources']} resources, "
+                f"{r['bytes']} bytes ({human_size(r['bytes'])}), {r['files']} files"
+            )
+            print(line)
+            if r["error"]:
+                print(f"  error: {r['error']}")
+            for f in r["failures"]:
+                print(f"  failed: {f['kind']} {f['name']}: {f['error']}")
+    bad = [r for r in results if r["status"] != COMPLETE]
+    for r in bad:
+        why = r["error"] or f"{len(r['failures'])} resources could not be measured"
+        print(f"quotad: source {r['source']} {r['status']}: {why}", file=sys.stderr)
+    return EXIT_FAILED if bad else EXIT_OK
+
+
+# report
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    settings, engine = _engine(args)
+    with session_scope(engine) as session:
+        service = QuotaService(session, settings, actor())
+        report = service.report()
+        unattributed = service.unattributed()
+        sources = LedgerService(session).source_status()
+    if args.json:
+        _print_json(report)
+        return EXIT_OK
+    rows = []
+    for entry in report:
+        total = entry["total"]
+        files = str(total["files"])
+        if not entry["quotas"]:
+            rows.append(
+                [
+                    entry["member"],
+                    "-",
+                    str(total["bytes"]),
+                    human_size(total["bytes"]),
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    files,
+                ]
+            )
+        rows.extend(
+            [
+                entry["member"],
+                q["scope"],
+                str(q["used_bytes"]),
+                human_size(q["used_bytes"]),
+                str(q["soft_bytes"]),
+                str(q["hard_bytes"]),
+                q["state"],
+                q["grace_ends_at"] or "-",
+                files,
+            ]
+            for q in entry["quotas"]
+        )
+    print(
+        table(
+            [
+                "member",
+                "scope",
+                "used_bytes",
+                "used",
+                "soft_bytes",
+                "hard_bytes",
+                "state",
+                "grace_ends",
+                "files",
+            ],
+            rows,
+            right=(2, 3, 4, 5, 8),
+        )
+    )
+    if unattributed:
+        print("\nunattributed resources:")
+        print(
+            table(
+                ["source", "kind", "name", "bytes", "files"],
+                [
+                    [r["source"], r["kind"], r["name"], str(r["bytes"]), str(r["files"])]
+                    for r in unattributed
+                ],
+                right=(3, 4),
+            )
+        )
+    failing = [s for s in sources if s.status != COMPLETE]
+    if failing:
+        print("\nsources whose last scan did not complete:")
+        for s in failing:
+            print(
+                f"  {s.source} ({s.status} at {format_time(s.finished_at)})"
+                f"{': ' + s.error if s.error else ''}"
+            )
+    return EXIT_OK
+
+
+# members
+
+
+def _member_json(member: Member) -> dict[str, Any]:
+    return {
+        "name": member.name,
+        "email": member.email,
+        "joined_at": format_time(member.joined_at),
+        "left_at": format_time(member.left_at),
+    }
+
+
+def _time_arg(text: str | None, flag: str) -> Any:
+    if text is None:
+        return None
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise InvalidInput(f"{flag}: {exc}") from None
+
+
+def cmd_member_add(args: argparse.Namespace) -> int:
+    _, engine = _engine(args)
+    with session_scope(engine, write=True) as session:
+        member = MemberService(session, actor()).add(
+            args.name,
+            email=args.email,
+            joined_at=_time_arg(args.joined, "--joined"),
+            left_at=_time_arg(args.left, "--left"),
+        )
+        print(f"member {member.name} added")
+    return EXIT_OK
+
+
+def cmd_member_list(args: argparse.Namespace) -> int:
+    _, engine = _engine(args)
+    with session_scope(engine) as session:
+        members = [_member_json(m) for m in MemberService(session, actor()).list()]
+    if args.json:
+        _print_json(members)
+    else:
+        print(
+            table(
+                ["name", "email", "joined_at", "left_at"],
+                [
+                    [m["name"], m["email"] or "-", m["joined_at"] or "-", m["left_at"] or "-"]
+                    for m in members
+                ],
+            )
+        )
+    return EXIT_OK
+
+
+def cmd_member_remove(args: argparse.Namespace) -> int:
+    _, engine = _engine(args)
+    with session_scope(engine, write=True) as session:
+        member = MemberService(session, actor()).remove(args.name)
+        print(f"member {member.name} left at {format_time(member.left_at)}; records kept")
+    return EXIT_OK
+
+
+# quotas
+
+
+def _size_arg(text: str, flag: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise InvalidInput(f"{flag}: {exc}") from None
+
+
+def cmd_quota_set(args: argparse.Namespace) -> int:
+    settings, engine = _engine(args)
+    grace = None
+    if args.grace is not None:
+        try:
+            grace = parse_duration(args.grace)
+        except ValueError as exc:
+            raise InvalidInput(f"--grace: {exc}") from None
+    with session_scope(engine, write=True) as session:
+        limit = QuotaService(session, settings, actor()).set(
+            args.member,
+            args.scope,
+            soft=_size_arg(args.soft, "--soft"),
+            hard=_size_arg(args.hard, "--hard"),
+            grace=grace,
+            reason=args.reason,
+        )
+    print(
+        f"{args.member} {limit.scope}: soft {limit.soft_bytes} hard {limit.hard_bytes} "
+        f"grace {limit.grace_seconds}s"
+    )
+    return EXIT_OK
+
+
+def cmd_quota_show(args: argparse.Namespace) -> int:
+    settings, engine = _engine(args)
+    with session_scope(engine) as session:
+        service = QuotaService(session, settings, actor())
+        member = service.members.get(args.member)
+        limits: list[dict[str, Any]] = [
+            {
+                "scope": limit.scope,
+                "soft_bytes": limit.soft_bytes,
+                "hard_bytes": limit.hard_bytes,
+                "grace_seconds": limit.grace_seconds,
+                "source": "override" if overridden else "default",
+            }
+            for limit, overridden in service.limits(member).values()
+        ]
+    if args.json:
+        _print_json({"member": args.member, "quotas": limits})
+    else:
+        print(
+            table(
+                ["scope", "soft_bytes", "hard_bytes", "grace_seconds", "from"],
+                [
+                    [
+                        q["scope"],
+                        str(q["soft_bytes"]),
+                        str(q["hard_bytes"]),
+                        str(q["grace_seconds"]),
+                        q["source"],
+                    ]
+                    for q in limits
+                ],
+                right=(1, 2, 3),
+            )
+            if limits
+            else f"{args.member}: no limits"
+        )
+    return EXIT_OK
+
+
+def cmd_quota_reset(args: argparse.Namespace) -> int:
+    settings, engine = _engine(args)
+    with session_scope(engine, write=True) as session:
+        QuotaService(session, settings, actor()).reset(args.member, args.scope, args.reason)
+    print(f"{args.member} {args.scope}: back to the default plan")
+    return EXIT_OK
+
+
+# demo
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    config = write_demo(Path(args.dir))
+    print(
+        f"demo written to {args.dir}; try:\n"
+        f"  quotad --config {config} db upgrade\n"
+        f"  quotad --config {config} scan\n"
+        f"  quotad --config {config} report"
+    )
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        metavar="PATH",
+        default=argparse.SUPPRESS,
+        help="the configuration file (else $QUOTAD_CONFIG, ./quotad.toml, /etc/quotad/quotad.toml)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="quotad",
+        parents=[common],
+        description="Quota accounting and disk-usage charging for shared hosting.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(parent: Any, name: str, handler: Handler, help_: str) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = parent.add_parser(
+            name, parents=[common], help=help_, description=help_
+        )
+        sub.set_defaults(handler=handler)
+        return sub
+
+    db = commands.add_parser("db", help="the ledger database").add_subparsers(
+        dest="db_command", required=True, metavar="ACTION"
+    )
+    add(db, "upgrade", cmd_db_upgrade, "create or migrate the ledger")
+    add(
+        db,
+        "rebuild-current",
+        cmd_db_rebuild,
+        "derive current usage again from the append-only samples",
+    )
+
+    scan = add(commands, "scan", cmd_scan, "measure sources now and record the results")
+    scan.add_argument("sources", nargs="*", metavar="SOURCE", help="only these sources")
+    scan.add_argument("--json", action="store_true", help="print the outcome as JSON")
+
+    report = add(commands, "report", cmd_report, "every member: usage, limits, state, grace end")
+    report.add_argument(
+        "--json", action="store_true", help="a JSON array in the shape of GET /me/usage"
+    )
+
+    member = commands.add_parser("member", help="the member registry").add_subparsers(
+        dest="member_command", required=True, metavar="ACTION"
+    )
+    madd = add(member, "add", cmd_member_add, "register a member")
+    madd.add_argument("name")
+    madd.add_argument("--email")
+    madd.add_argument("--joined", metavar="DATE", help="YYYY-MM-DD or an RFC 3339 time")
+    madd.add_argument("--left", metavar="DATE", help="YYYY-MM-DD or an RFC 3339 time")
+    mlist = add(member, "list", cmd_member_list, "list members")
+    mlist.add_argument("--json", action="store_true")
+    mremove = add(
+        member, "remove", cmd_member_remove, "mark a member as left now; every record is kept"
+    )
+    mremove.add_argument("name")
+
+    quota = commands.add_parser("quota", help="per-member quota overrides").add_subparsers(
+        dest="quota_command", required=True, metavar="ACTION"
+    )
+    qset = add(quota, "set", cmd_quota_set, "override a member's limits for a scope")
+    qset.add_argument("member")
+    qset.add_argument("--scope", default="total", help="total (default) or a resource kind")
+    qset.add_argument("--soft", required=True, metavar="SIZE")
+    qset.add_argument("--hard", required=True, metavar="SIZE")
+    qset.add_argument("--grace", metavar="DURATION")
+    qset.add_argument("--reason", required=True)
+    qshow = add(quota, "show", cmd_quota_show, "a member's limits and where they come from")
+    qshow.add_argument("member")
+    qshow.add_argument("--json", action="store_true")
+    qreset = add(quota, "reset", cmd_quota_reset, "back to the default plan")
+    qreset.add_argument("member")
+    qreset.add_argument("--scope", default="total")
+    qreset.add_argument("--reason", default="reset to the default plan")
+
+    demo = add(commands, "demo", cmd_demo, "write a demo config and sample data")
+    demo.add_argument("dir", nargs="?", default="var/demo", metavar="DIR")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one exit per error kind
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "config"):
+        args.config = None
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    handler: Handler = args.handler
+    try:
+        with ExitStack() as cleanup:
+            args.cleanup = cleanup
+            return handler(args)
+    except ConfigError as exc:
+        print(f"quotad: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (InvalidInput, UsageError) as exc:
+        print(f"quotad: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except QuotadError as exc:
+        print(f"quotad: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except SQLAlchemyError as exc:
+        print(
+            f"quotad: ledger error: {exc.__class__.__name__}: {_first_line(exc)}", file=sys.stderr
+        )
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader (`| head`) went away: stop quietly, as Unix tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILED
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc)
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+
+
+def run() -> None:
+    sys.exit(main())

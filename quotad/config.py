@@ -1,0 +1,390 @@
+"""Loading and validating quotad.toml (INTERFACE.md section 1).
+
+Every problem becomes a ConfigError naming the file, the key and what is
+wrong; unknown keys are errors so that a typo never silently changes a limit
+or a price.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from quotad import sources as source_registry
+from quotad.errors import ConfigError
+from scanners.base import OptionError, Scanner
+from scanners.options import Options
+
+ENV_PREFIX = "QUOTAD_"
+# Variables that steer the loading itself rather than override a key.
+ENV_RESERVED = frozenset({"QUOTAD_CONFIG"})
+DEFAULT_LOCATIONS = (Path("quotad.toml"), Path("/etc/quotad/quotad.toml"))
+DEFAULT_DATABASE_URL = "sqlite:///var/quotad.db"
+SOURCE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+HEADER_RE = re.compile(r"^[A-Za-z0-9-]+$")
+CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
+BUILTIN = "<built-in defaults>"
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaLimit:
+    """A soft and hard limit with its grace, for one scope (`total` or a resource kind)."""
+
+    scope: str
+    soft_bytes: int
+    hard_bytes: int
+    grace_seconds: int
+
+
+@dataclass(frozen=True, slots=True)
+class MembersSettings:
+    auto_register: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8640
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    identity_header: str = "X-Remote-User"
+    max_body: int = 32 * 1024**2
+
+
+@dataclass(frozen=True, slots=True)
+class EnforcementSettings:
+    dry_run: bool = False
+    stale_after: int = 36 * 3600
+    notify_at: tuple[Decimal, ...] = (Decimal("0.8"), Decimal("0.9"), Decimal("1.0"))
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpSettings:
+    host: str = "127.0.0.1"
+    port: int = 25
+    sender: str = "quota@localhost"
+
+
+@dataclass(frozen=True, slots=True)
+class BillingSettings:
+    currency: str = "USD"
+    free_bytes: int = 0
+    price_per_gib_month: Decimal = Decimal(0)
+
+
+@dataclass(frozen=True, slots=True)
+class SourceSettings:
+    name: str
+    kind: str
+    schedule: str | None
+    enforce: bool
+    scanner: Scanner = field(compare=False)
+
+    @property
+    def resource_kind(self) -> str:
+        return self.scanner.resource_kind
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    config_path: Path | None = None
+    database_url: str = DEFAULT_DATABASE_URL
+    members: MembersSettings = MembersSettings()
+    server: ServerSettings = ServerSettings()
+    quota_defaults: Mapping[str, QuotaLimit] = field(default_factory=dict)
+    enforcement: EnforcementSettings = EnforcementSettings()
+    smtp: SmtpSettings = SmtpSettings()
+    billing: BillingSettings = BillingSettings()
+    sources: tuple[SourceSettings, ...] = ()
+
+    def source(self, name: str) -> SourceSettings | None:
+        return next((s for s in self.sources if s.name == name), None)
+
+
+def find_config(
+    explicit: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Path | None:
+    """The config file by the documented lookup order, or None for built-in defaults."""
+    env = os.environ if environ is None else environ
+    for given, origin in ((explicit, "--config"), (env.get("QUOTAD_CONFIG"), "$QUOTAD_CONFIG")):
+        if given:
+            path = Path(given)
+            if not path.is_file():
+                raise ConfigError(str(path), origin, "no such file")
+            return path
+    return next((p for p in DEFAULT_LOCATIONS if p.is_file()), None)
+
+
+def load_settings(
+    explicit: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Find, read, override from the environment, and validate the configuration."""
+    env = os.environ if environ is None else environ
+    path = find_config(explicit, env)
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(str(path), "(syntax)", str(exc)) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(str(path), "(file)", f"cannot read: {exc}") from None
+    env_keys = _apply_environment(raw, env)
+    file_label = str(path) if path is not None else BUILTIN
+    base_dir = path.resolve().parent if path is not None else Path.cwd()
+    return parse_settings(
+        raw, file_label=file_label, base_dir=base_dir, config_path=path, env_keys=env_keys
+    )
+
+
+def _apply_environment(raw: dict[str, Any], env: Mapping[str, str]) -> set[str]:
+    """Override top-level keys (QUOTAD_KEY) and table keys (QUOTAD_TABLE__KEY) from env."""
+    applied: set[str] = set()
+    for var, text in env.items():
+        if not var.startswith(ENV_PREFIX) or var in ENV_RESERVED:
+            continue
+        parts = var[len(ENV_PREFIX) :].lower().split("__")
+        if not all(parts) or len(parts) > 2:  # noqa: PLR2004 - a table and one key at most
+            raise ConfigError(f"${var}", var, "cannot be mapped to a config key")
+        value = _env_value(text)
+        if len(parts) == 1:
+            raw[parts[0]] = value
+        else:
+            table = raw.setdefault(parts[0], {})
+            if not isinstance(table, dict):
+                raise ConfigError(f"${var}", parts[0], "is not a table")
+            table[parts[1]] = value
+        applied.add(parts[0])
+    return applied
+
+
+def _env_value(text: str) -> Any:
+    """A TOML value when the text is one (8641, true, [..], {..}), else the text itself."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_settings(
+    raw: Mapping[str, Any],
+    *,
+    file_label: str,
+    base_dir: Path,
+    config_path: Path | None = None,
+    env_keys: set[str] | frozenset[str] = frozenset(),
+) -> Settings:
+    """Validate a raw TOML document into Settings."""
+    top = Options(raw)
+    try:
+        url_base = Path.cwd() if "database_url" in env_keys else base_dir
+        database_url = _database_url(top.string("database_url", DEFAULT_DATABASE_URL), url_base)
+        members = _members(Options(top.table("members"), "members."))
+        server = _server(Options(top.table("server"), "server."))
+        defaults = _quota_defaults(Options(top.table("defaults"), "defaults."))
+        enforcement = _enforcement(Options(top.table("enforcement"), "enforcement."))
+        smtp = _smtp(Options(top.table("smtp"), "smtp."))
+        billing = _billing(Options(top.table("billing"), "billing."))
+        sources = _sources(top.raw("sources", []), base_dir)
+        top.finish()
+    except OptionError as exc:
+        label = file_label
+        root = exc.key.split(".", 1)[0].split("[", 1)[0]
+        if root in env_keys:
+            label = f"{file_label} (overridden by ${ENV_PREFIX}{root.upper()})"
+        raise ConfigError(label, exc.key, exc.problem) from None
+    return Settings(
+        config_path=config_path,
+        database_url=database_url,
+        members=members,
+        server=server,
+        quota_defaults=defaults,
+        enforcement=enforcement,
+        smtp=smtp,
+        billing=billing,
+        sources=sources,
+    )
+
+
+def _database_url(text: str, base_dir: Path) -> str:
+    try:
+        url = make_url(text)
+    except ArgumentError:
+        raise OptionError("database_url", f"not a database URL: {text!r}") from None
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        database = url.database or ""
+        if database in ("", ":memory:"):
+            raise OptionError("database_url", "an SQLite ledger needs a file path")
+        if not Path(database).is_absolute():
+            url = url.set(database=str(base_dir / database))
+    elif backend in ("postgresql", "postgres"):
+        # psycopg 3 is the driver quotad ships; a bare postgresql:// would ask for psycopg2.
+        url = URL.create(
+            "postgresql+psycopg",
+            url.username,
+            url.password,
+            url.host,
+            url.port,
+            url.database,
+            url.query,
+        )
+    else:
+        raise OptionError(
+            "database_url", f"unsupported ledger database {backend!r} (use sqlite or postgresql)"
+        )
+    return url.render_as_string(hide_password=False)
+
+
+def _members(opts: Options) -> MembersSettings:
+    result = MembersSettings(auto_register=opts.boolean("auto_register", default=True))
+    opts.finish()
+    return result
+
+
+def _server(opts: Options) -> ServerSettings:
+    proxies = []
+    for text in opts.string_list("trusted_proxies"):
+        try:
+            proxies.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            raise OptionError(
+                "server.trusted_proxies", f"not an address or network: {text!r}"
+            ) from None
+    header = opts.string("identity_header", "X-Remote-User")
+    if not HEADER_RE.fullmatch(header):
+        raise OptionError("server.identity_header", f"not a header name: {header!r}")
+    result = ServerSettings(
+        host=opts.string("host", "127.0.0.1"),
+        port=opts.integer("port", 8640, minimum=1, maximum=65535),
+        trusted_proxies=tuple(proxies),
+        identity_header=header,
+        max_body=opts.size("max_body", "32MiB"),
+    )
+    opts.finish()
+    return result
+
+
+def _quota_defaults(opts: Options) -> dict[str, QuotaLimit]:
+    quota = Options(opts.table("quota"), "defaults.quota.")
+    opts.finish()
+    limits: dict[str, QuotaLimit] = {}
+    for scope in quota.keys():  # noqa: SIM118 - Options is not a dict
+        table = quota.table(scope)
+        if scope not in source_registry.QUOTA_SCOPES:
+            raise OptionError(
+                f"defaults.quota.{scope}",
+                "unknown scope (use total or one of "
+                f"{', '.join(sorted(source_registry.RESOURCE_KINDS))})",
+            )
+        limits[scope] = quota_limit(scope, Options(table, f"defaults.quota.{scope}."))
+    quota.finish()
+    return limits
+
+
+def quota_limit(scope: str, opts: Options) -> QuotaLimit:
+    soft = opts.size("soft")
+    hard = opts.size("hard")
+    if soft > hard:
+        raise OptionError(f"defaults.quota.{scope}.soft", "must not exceed hard")
+    result = QuotaLimit(scope, soft, hard, opts.duration("grace", "7d"))
+    opts.finish()
+    return result
+
+
+def _enforcement(opts: Options) -> EnforcementSettings:
+    raw_levels = opts.raw("notify_at", [0.8, 0.9, 1.0])
+    if not isinstance(raw_levels, list):
+        raise OptionError("enforcement.notify_at", "must be a list of fractions such as [0.8, 1.0]")
+    levels = []
+    for item in raw_levels:
+        if isinstance(item, bool) or not isinstance(item, (int, float)):
+            raise OptionError("enforcement.notify_at", f"not a fraction: {item!r}")
+        level = Decimal(str(item))
+        if not Decimal(0) < level <= Decimal(10):
+            raise OptionError("enforcement.notify_at", f"{item} is not a fraction above 0")
+        levels.append(level)
+    result = EnforcementSettings(
+        dry_run=opts.boolean("dry_run", default=False),
+        stale_after=opts.duration("stale_after", "36h"),
+        notify_at=tuple(sorted(set(levels))),
+    )
+    opts.finish()
+    return result
+
+
+def _smtp(opts: Options) -> SmtpSettings:
+    result = SmtpSettings(
+        host=opts.string("host", "127.0.0.1"),
+        port=opts.integer("port", 25, minimum=1, maximum=65535),
+        sender=opts.string("sender", "quota@localhost"),
+    )
+    opts.finish()
+    return result
+
+
+def _billing(opts: Options) -> BillingSettings:
+    currency = opts.string("currency", "USD")
+    if not CURRENCY_RE.fullmatch(currency):
+        raise OptionError("billing.currency", f"not an ISO 4217 code: {currency!r}")
+    price = opts.decimal("price_per_gib_month", "0")
+    if price < 0:
+        raise OptionError("billing.price_per_gib_month", "must not be negative")
+    result = BillingSettings(
+        currency=currency, free_bytes=opts.size("free", "0"), price_per_gib_month=price
+    )
+    opts.finish()
+    return result
+
+
+def _sources(tables: object, base_dir: Path) -> tuple[SourceSettings, ...]:
+    if not isinstance(tables, list):
+        raise OptionError("sources", "must be an array of tables ([[sources]])")
+    result: list[SourceSettings] = []
+    for index, table in enumerate(tables):
+        source = _source(index, table, base_dir)
+        if any(s.name == source.name for s in result):
+            raise OptionError(f"sources[{source.name}].name", "is used by another source")
+        result.append(source)
+    return tuple(result)
+
+
+def _source(index: int, table: object, base_dir: Path) -> SourceSettings:
+    if not isinstance(table, Mapping):
+        raise OptionError(f"sources[{index}]", "must be a table")
+    label = f"sources[{index}]"
+    given = table.get("name")
+    if isinstance(given, str) and given:
+        label = f"sources[{given}]"
+    opts = Options(table, f"{label}.")
+    name = opts.string("name", required=True)
+    if not SOURCE_NAME_RE.fullmatch(name):
+        raise OptionError(f"{label}.name", "use letters, digits, '.', '_' and '-' only")
+    kind = opts.string("kind", required=True)
+    scanner_class = source_registry.SCANNERS.get(kind)
+    if scanner_class is None:
+        raise OptionError(
+            f"{label}.kind",
+            f"unknown kind {kind!r} (known: {', '.join(sorted(source_registry.SCANNERS))})",
+        )
+    schedule = opts.optional_string("schedule")
+    if schedule is not None:
+        problem = source_registry.check_schedule(schedule)
+        if problem:
+            raise OptionError(f"{label}.schedule", problem)
+    enforce = opts.boolean("enforce", default=True)
+    rest = {k: v for k, v in table.items() if k not in ("name", "kind", "schedule", "enforce")}
+    try:
+        scanner = scanner_class.from_options(name, rest, base_dir)
+    except OptionError as exc:
+        raise OptionError(f"{label}.{exc.key}", exc.problem) from None
+    return SourceSettings(name=name, kind=kind, schedule=schedule, enforce=enforce, scanner=scanner)

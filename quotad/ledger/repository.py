@@ -1,0 +1,282 @@
+"""SQL for the ledger."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Row, and_, case, delete, func, insert, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from quotad.ledger.models import (
+    CurrentUsage,
+    MeasurementFailure,
+    Resource,
+    Scan,
+    Source,
+    UsageSample,
+)
+
+# Rows per statement for bulk writes: keeps each statement's parameters far
+# below SQLite's and PostgreSQL's limits while amortising round trips.
+CHUNK = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class CurrentRow:
+    """A resource's current usage with the names a reader needs."""
+
+    resource_id: int
+    source: str
+    kind: str
+    name: str
+    member_id: int | None
+    bytes: int
+    files: int
+    measured_at: dt.datetime | None
+    present: bool
+    detail: dict[str, Any] | None
+    error: str | None
+    error_at: dt.datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class SamplePoint:
+    resource_id: int
+    member_id: int | None
+    measured_at: dt.datetime
+    bytes: int
+    kind: str
+
+
+def _chunks(rows: Sequence[dict[str, Any]]) -> Iterable[Sequence[dict[str, Any]]]:
+    for start in range(0, len(rows), CHUNK):
+        yield rows[start : start + CHUNK]
+
+
+class LedgerRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    @property
+    def _dialect(self) -> str:
+        return self.session.get_bind().dialect.name
+
+    # Sources and scans
+
+    def get_source(self, name: str) -> Source | None:
+        return self.session.scalars(select(Source).where(Source.name == name)).one_or_none()
+
+    def add_source(self, name: str, kind: str, now: dt.datetime) -> Source:
+        source = Source(name=name, kind=kind, created_at=now)
+        self.session.add(source)
+        self.session.flush()
+        return source
+
+    def get_scan(self, scan_id: uuid.UUID) -> Scan | None:
+        return self.session.get(Scan, scan_id)
+
+    def add_scan(self, scan: Scan) -> None:
+        self.session.add(scan)
+        self.session.flush()
+
+    def last_scans(self) -> Sequence[Row[tuple[str, str, Scan]]]:
+        """Each source's newest scan, with its name and kind."""
+        newest = (
+            select(Scan.source_id, func.max(Scan.finished_at).label("at"))
+            .group_by(Scan.source_id)
+            .subquery()
+        )
+        query = (
+            select(Source.name, Source.kind, Scan)
+            .join(Scan, Scan.source_id == Source.id)
+            .join(
+                newest, and_(newest.c.source_id == Scan.source_id, newest.c.at == Scan.finished_at)
+            )
+            .order_by(Source.name)
+        )
+        return self.session.execute(query).all()
+
+    # Resources
+
+    def resource_ids(self, source_id: int) -> dict[tuple[str, str], int]:
+        rows = self.session.execute(
+            select(Resource.id, Resource.kind, Resource.name).where(Resource.source_id == source_id)
+        )
+        return {(kind, name): id_ for id_, kind, name in rows}
+
+    def create_resources(
+        self, source_id: int, keys: Sequence[tuple[str, str]], now: dt.datetime
+    ) -> dict[tuple[str, str], int]:
+        created: dict[tuple[str, str], int] = {}
+        rows = [{"source_id": source_id, "kind": k, "name": n, "created_at": now} for k, n in keys]
+        for chunk in _chunks(rows):
+            result = self.session.execute(
+                insert(Resource).returning(Resource.id, Resource.kind, Resource.name), chunk
+            )
+            created.update({(kind, name): id_ for id_, kind, name in result})
+        return created
+
+    # Samples and failures: only ever inserted.
+
+    def insert_samples(self, rows: Sequence[dict[str, Any]]) -> None:
+        for chunk in _chunks(rows):
+            self.session.execute(insert(UsageSample), chunk)
+
+    def insert_failures(self, rows: Sequence[dict[str, Any]]) -> None:
+        for chunk in _chunks(rows):
+            self.session.execute(insert(MeasurementFailure), chunk)
+
+    # Current usage (derived)
+
+    def current_for_source(
+        self, source_id: int
+    ) -> Sequence[Row[tuple[int, bool, dt.datetime | None]]]:
+        return self.session.execute(
+            select(CurrentUsage.resource_id, CurrentUsage.present, CurrentUsage.measured_at).where(
+                CurrentUsage.source_id == source_id
+            )
+        ).all()
+
+    def _upsert(self) -> Any:
+        return (postgresql.insert if self._dialect == "postgresql" else sqlite.insert)(CurrentUsage)
+
+    def apply_samples_to_current(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Make each sample current unless a newer one already is.
+
+        An error stays shown only if it is newer than the sample, so a scan
+        that lands out of order never hides a later failure.
+        """
+        stmt = self._upsert()
+        cur = CurrentUsage.__table__.c
+        new = stmt.excluded
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[cur.resource_id],
+            set_={
+                "member_id": new.member_id,
+                "measured_at": new.measured_at,
+                "bytes": new.bytes,
+                "files": new.files,
+                "present": new.present,
+                "detail": new.detail,
+                "error": case((cur.error_at > new.measured_at, cur.error), else_=None),
+                "error_at": case((cur.error_at > new.measured_at, cur.error_at), else_=None),
+            },
+            where=or_(cur.measured_at.is_(None), cur.measured_at <= new.measured_at),
+        )
+        for chunk in _chunks(rows):
+            self.session.execute(stmt, [{**r, "error": None, "error_at": None} for r in chunk])
+
+    def apply_failures_to_current(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Show each failure unless the resource has been measured since; keep the value."""
+        stmt = self._upsert()
+        cur = CurrentUsage.__table__.c
+        new = stmt.excluded
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[cur.resource_id],
+            set_={"error": new.error, "error_at": new.error_at},
+            where=and_(
+                or_(cur.measured_at.is_(None), cur.measured_at < new.error_at),
+                or_(cur.error_at.is_(None), cur.error_at <= new.error_at),
+            ),
+        )
+        for chunk in _chunks(rows):
+            self.session.execute(stmt, chunk)
+
+    def clear_current(self) -> None:
+        self.session.execute(delete(CurrentUsage))
+
+    def latest_samples(self) -> Sequence[Row[tuple[UsageSample, int]]]:
+        """The newest sample of every resource (ties broken by id), with its source."""
+        ranked = select(
+            UsageSample.id,
+            func.row_number()
+            .over(
+                partition_by=UsageSample.resource_id,
+                order_by=(UsageSample.measured_at.desc(), UsageSample.id.desc()),
+            )
+            .label("rank"),
+        ).subquery()
+        query = (
+            select(UsageSample, Resource.source_id)
+            .join(ranked, and_(ranked.c.id == UsageSample.id, ranked.c.rank == 1))
+            .join(Resource, Resource.id == UsageSample.resource_id)
+        )
+        return self.session.execute(query).all()
+
+    def latest_failures(self) -> Sequence[Row[tuple[MeasurementFailure, int]]]:
+        """The newest failure of every resource, with its source."""
+        ranked = select(
+            MeasurementFailure.id,
+            func.row_number()
+            .over(
+                partition_by=MeasurementFailure.resource_id,
+                order_by=(MeasurementFailure.failed_at.desc(), MeasurementFailure.id.desc()),
+            )
+            .label("rank"),
+        ).subquery()
+        query = (
+            select(MeasurementFailure, Resource.source_id)
+            .join(ranked, and_(ranked.c.id == MeasurementFailure.id, ranked.c.rank == 1))
+            .join(Resource, Resource.id == MeasurementFailure.resource_id)
+        )
+        return self.session.execute(query).all()
+
+    def current_rows(
+        self, member_id: int | None = None, *, unattributed: bool = False
+    ) -> list[CurrentRow]:
+        """Current usage of one member, of the unattributed resources, or of everyone."""
+        query = (
+            select(CurrentUsage, Source.name, Resource.kind, Resource.name)
+            .join(Resource, Resource.id == CurrentUsage.resource_id)
+            .join(Source, Source.id == CurrentUsage.source_id)
+            .order_by(Source.name, Resource.kind, Resource.name)
+        )
+        if unattributed:
+            query = query.where(CurrentUsage.member_id.is_(None))
+        elif member_id is not None:
+            query = query.where(CurrentUsage.member_id == member_id)
+        return [
+            CurrentRow(
+                resource_id=c.resource_id,
+                source=source,
+                kind=kind,
+                name=name,
+                member_id=c.member_id,
+                bytes=c.bytes,
+                files=c.files,
+                measured_at=c.measured_at,
+                present=c.present,
+                detail=c.detail,
+                error=c.error,
+                error_at=c.error_at,
+            )
+            for c, source, kind, name in self.session.execute(query)
+        ]
+
+    def member_history(
+        self,
+        member_id: int,
+        kinds: Collection[str] | None = None,
+    ) -> list[SamplePoint]:
+        """Every sample of every resource the member has ever been charged for, oldest first."""
+        theirs = select(UsageSample.resource_id).where(UsageSample.member_id == member_id)
+        query = (
+            select(
+                UsageSample.resource_id,
+                UsageSample.member_id,
+                UsageSample.measured_at,
+                UsageSample.bytes,
+                Resource.kind,
+            )
+            .join(Resource, Resource.id == UsageSample.resource_id)
+            .where(UsageSample.resource_id.in_(theirs.distinct()))
+            .order_by(UsageSample.measured_at, UsageSample.id)
+        )
+        if kinds is not None:
+            query = query.where(Resource.kind.in_(list(kinds)))
+        return [SamplePoint(r, m, at, b, k) for r, m, at, b, k in self.session.execute(query)]

@@ -1,0 +1,46 @@
+"""SQL for the member registry."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+
+from sqlalchemy import insert, select
+from sqlalchemy.orm import Session
+
+from quotad.members.models import Member
+
+
+class MemberRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def get(self, name: str) -> Member | None:
+        return self.session.scalars(select(Member).where(Member.name == name)).one_or_none()
+
+    def all(self) -> Sequence[Member]:
+        return self.session.scalars(select(Member).order_by(Member.name)).all()
+
+    def ids_by_name(self) -> dict[str, int]:
+        return {name: id_ for id_, name in self.session.execute(select(Member.id, Member.name))}
+
+    def names_by_id(self, ids: Iterable[int]) -> dict[int, str]:
+        wanted = list(set(ids))
+        if not wanted:
+            return {}
+        rows = self.session.execute(select(Member.id, Member.name).where(Member.id.in_(wanted)))
+        return dict(rows.tuples().all())
+
+    def add(self, member: Member) -> Member:
+        self.session.add(member)
+        self.session.flush()
+        return member
+
+    def create_many(self, names: Sequence[str], now: dt.datetime) -> dict[str, int]:
+        if not names:
+            return {}
+        rows = self.session.execute(
+            insert(Member).returning(Member.id, Member.name),
+            [{"name": n, "created_at": now} for n in names],
+        )
+        return {name: id_ for id_, name in rows}

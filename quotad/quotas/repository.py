@@ -1,0 +1,36 @@
+"""SQL for quota overrides."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from quotad.quotas.models import QuotaOverride
+
+
+class QuotaRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add(self, override: QuotaOverride) -> None:
+        self.session.add(override)
+        self.session.flush()
+
+    def latest(self, member_ids: Sequence[int] | None = None) -> Sequence[QuotaOverride]:
+        """The newest override row per member and scope (a reset row included)."""
+        newest = select(func.max(QuotaOverride.id)).group_by(
+            QuotaOverride.member_id, QuotaOverride.scope
+        )
+        query = select(QuotaOverride).where(QuotaOverride.id.in_(newest))
+        if member_ids is not None:
+            query = query.where(QuotaOverride.member_id.in_(list(member_ids)))
+        return self.session.scalars(query).all()
+
+    def history(self, member_id: int) -> Sequence[QuotaOverride]:
+        return self.session.scalars(
+            select(QuotaOverride)
+            .where(QuotaOverride.member_id == member_id)
+            .order_by(QuotaOverride.id)
+        ).all()

@@ -1,0 +1,32 @@
+"""Times as the contract writes them: RFC 3339, UTC, with a Z."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+
+def format_time(value: dt.datetime | None) -> str | None:
+    if value is None:
+        return None
+    value = value.astimezone(dt.UTC)
+    spec = "seconds" if value.microsecond == 0 else "microseconds"
+    return value.replace(tzinfo=None).isoformat(timespec=spec) + "Z"
+
+
+def parse_time(text: str) -> dt.datetime:
+    """An aware UTC datetime from RFC 3339 ("...Z" or an offset) or a date (midnight UTC)."""
+    value = text.strip()
+    if not value:
+        raise ValueError("empty time")
+    if value.endswith(("Z", "z")):
+        value = value[:-1] + "+00:00"
+    try:
+        if len(value) == 10:  # noqa: PLR2004 - a bare YYYY-MM-DD
+            parsed = dt.datetime.combine(dt.date.fromisoformat(value), dt.time(), dt.UTC)
+        else:
+            parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"not a date or RFC 3339 time: {text!r}") from None
+    if parsed.tzinfo is None:
+        raise ValueError(f"a time needs a zone (end it with Z for UTC): {text!r}")
+    return parsed.astimezone(dt.UTC)
