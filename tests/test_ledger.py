@@ -1,0 +1,282 @@
+"""Recording scans: all or nothing, idempotent, authoritative, never silently lower."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select, text
+
+from quotad.db import make_engine, session_scope
+from quotad.errors import Conflict, InvalidInput
+from quotad.ledger.models import CurrentUsage, MeasurementFailure, Scan, UsageSample
+from quotad.ledger.service import LedgerService, RecordResult, ScanInput
+from quotad.members.models import Member
+from quotad.members.service import MemberService
+from scanners.base import Measurement, ResourceFailure
+from tests.conftest import Ledger
+
+T0 = dt.datetime(2026, 11, 1, 3, 0, tzinfo=dt.UTC)
+
+
+def scan(
+    at: dt.datetime,
+    measurements: Sequence[Measurement] = (),
+    failures: Sequence[ResourceFailure] = (),
+    *,
+    error: str | None = None,
+    source: str = "homes",
+    scan_id: uuid.UUID | None = None,
+) -> ScanInput:
+    return ScanInput(
+        scan_id=scan_id or uuid.uuid4(),
+        source=source,
+        source_kind="tree",
+        started_at=at - dt.timedelta(seconds=30),
+        finished_at=at,
+        measurements=list(measurements),
+        failures=list(failures),
+        error=error,
+    )
+
+
+def m(member: str | None, size: int, files: int = 1, name: str | None = None) -> Measurement:
+    return Measurement(
+        member=member, kind="tree", name=name or member or "x", bytes=size, files=files
+    )
+
+
+def record(ledger: Ledger, item: ScanInput, *, auto_register: bool = True) -> RecordResult:
+    with session_scope(ledger.engine, write=True) as session:
+        return LedgerService(session, auto_register=auto_register).record(item)
+
+
+def current(ledger: Ledger) -> dict[str, tuple[int, int, str | None, str | None]]:
+    """resource name -> (bytes, files, member, error) for resources still present."""
+    with session_scope(ledger.engine) as session:
+        names = {mem.id: mem.name for mem in session.scalars(select(Member))}
+        return {
+            r.name: (r.bytes, r.files, names.get(r.member_id) if r.member_id else None, r.error)
+            for r in LedgerService(session).current()
+        }
+
+
+def count(ledger: Ledger, model: type) -> int:
+    with session_scope(ledger.engine) as session:
+        return session.scalar(select(func.count()).select_from(model)) or 0
+
+
+def test_complete_scan_is_recorded_and_registers_members(ledger: Ledger) -> None:
+    result = record(ledger, scan(T0, [m("alice", 1000, 3), m("bob", 2500, 7)]))
+    assert result.created
+    assert result.status == "complete"
+    assert current(ledger) == {"alice": (1000, 3, "alice", None), "bob": (2500, 7, "bob", None)}
+    with session_scope(ledger.engine) as session:
+        assert [x.name for x in MemberService(session, "t").list()] == ["alice", "bob"]
+
+
+def test_same_scan_twice_counts_once(ledger: Ledger) -> None:
+    item = scan(T0, [m("alice", 1000)])
+    assert record(ledger, item).created
+    again = record(ledger, item)
+    assert not again.created
+    assert again.status == "complete"
+    assert count(ledger, UsageSample) == 1
+    assert count(ledger, Scan) == 1
+    assert current(ledger) == {"alice": (1000, 1, "alice", None)}
+
+
+def test_same_scan_id_with_other_content_conflicts(ledger: Ledger) -> None:
+    scan_id = uuid.uuid4()
+    record(ledger, scan(T0, [m("alice", 1000)], scan_id=scan_id))
+    with pytest.raises(Conflict):
+        record(ledger, scan(T0, [m("alice", 1001)], scan_id=scan_id))
+    assert current(ledger) == {"alice": (1000, 1, "alice", None)}
+
+
+def test_failed_source_keeps_previous_values(ledger: Ledger) -> None:
+    record(ledger, scan(T0, [m("alice", 1000), m("bob", 2000)]))
+    failed = record(ledger, scan(T0 + dt.timedelta(hours=6), error="root /srv/home is missing"))
+    assert failed.status == "failed"
+    assert current(ledger) == {"alice": (1000, 1, "alice", None), "bob": (2000, 1, "bob", None)}
+    with session_scope(ledger.engine) as session:
+        statuses = LedgerService(session).source_status()
+    assert [(s.source, s.status, s.error) for s in statuses] == [
+        ("homes", "failed", "root /srv/home is missing")
+    ]
+
+
+def test_failed_resource_keeps_its_value_and_the_rest_counts(ledger: Ledger) -> None:
+    record(ledger, scan(T0, [m("alice", 1000), m("bob", 2000)]))
+    later = T0 + dt.timedelta(hours=6)
+    result = record(
+        ledger,
+        scan(
+            later,
+            [m("alice", 1500)],
+            [
+                ResourceFailure(
+                    "bob", "tree", "bob", "cannot read /srv/home/bob/x: Permission denied"
+                )
+            ],
+        ),
+    )
+    assert result.status == "partial"
+    assert current(ledger) == {
+        "alice": (1500, 1, "alice", None),
+        "bob": (2000, 1, "bob", "cannot read /srv/home/bob/x: Permission denied"),
+    }
+    # Once measurable again, the error is gone and the new value counts.
+    record(ledger, scan(later + dt.timedelta(hours=6), [m("alice", 1500), m("bob", 100)]))
+    assert current(ledger)["bob"] == (100, 1, "bob", None)
+
+
+def test_complete_scan_is_authoritative(ledger: Ledger) -> None:
+    record(ledger, scan(T0, [m("alice", 1000), m("bob", 2000)]))
+    result = record(ledger, scan(T0 + dt.timedelta(hours=6), [m("alice", 1000)]))
+    assert result.zeroed == 1
+    assert current(ledger) == {"alice": (1000, 1, "alice", None)}
+    with session_scope(ledger.engine) as session:
+        zero = session.scalars(select(UsageSample).where(UsageSample.present.is_(False))).one()
+    assert (zero.bytes, zero.files) == (0, 0)
+    # Absent stays absent: the next scan writes no second zero.
+    assert record(ledger, scan(T0 + dt.timedelta(hours=12), [m("alice", 1000)])).zeroed == 0
+    # Other sources are not touched by this source's authority.
+    record(ledger, scan(T0 + dt.timedelta(hours=13), [m("carol", 5, name="carol")], source="mail"))
+    assert set(current(ledger)) == {"alice", "carol"}
+
+
+def test_partial_scan_does_not_zero_the_failed_resource(ledger: Ledger) -> None:
+    record(ledger, scan(T0, [m("alice", 1000), m("bob", 2000)]))
+    record(
+        ledger,
+        scan(
+            T0 + dt.timedelta(hours=1),
+            [m("alice", 1000)],
+            [ResourceFailure("bob", "tree", "bob", "busy")],
+        ),
+    )
+    assert current(ledger)["bob"][:2] == (2000, 1)
+
+
+def test_late_scan_never_overrides_a_newer_one(ledger: Ledger) -> None:
+    record(ledger, scan(T0 + dt.timedelta(hours=6), [m("alice", 2000)]))
+    record(ledger, scan(T0, [m("alice", 1000), m("bob", 10)]))
+    now = current(ledger)
+    assert now["alice"] == (2000, 1, "alice", None)
+    # The late scan still adds its history and its new resource.
+    assert now["bob"] == (10, 1, "bob", None)
+    assert count(ledger, UsageSample) == 3
+
+
+def test_unknown_members_stay_unattributed_without_auto_register(ledger: Ledger) -> None:
+    with session_scope(ledger.engine, write=True) as session:
+        MemberService(session, "t").add("alice")
+    record(
+        ledger,
+        scan(T0, [m("alice", 1000), m("mallory", 99), m(None, 5, name="Weird")]),
+        auto_register=False,
+    )
+    assert current(ledger) == {
+        "alice": (1000, 1, "alice", None),
+        "mallory": (99, 1, None, None),
+        "Weird": (5, 1, None, None),
+    }
+    with session_scope(ledger.engine) as session:
+        assert [x.name for x in MemberService(session, "t").list()] == ["alice"]
+        unattributed = LedgerService(session).current(unattributed=True)
+    assert sorted(r.name for r in unattributed) == ["Weird", "mallory"]
+
+
+def test_invalid_scans_are_refused_whole(ledger: Ledger) -> None:
+    with pytest.raises(InvalidInput):
+        record(ledger, scan(T0, [m("alice", 1), m("alice", 2)]))
+    with pytest.raises(InvalidInput):
+        record(ledger, scan(T0, [m("Not A Member", 1)]))
+    bad_times = ScanInput(uuid.uuid4(), "homes", "tree", T0, T0 - dt.timedelta(seconds=1))
+    with pytest.raises(InvalidInput):
+        record(ledger, bad_times)
+    assert count(ledger, Scan) == 0
+    assert count(ledger, Member) == 0
+
+
+def test_source_kind_cannot_change(ledger: Ledger) -> None:
+    record(ledger, scan(T0, [m("alice", 1)]))
+    other = ScanInput(uuid.uuid4(), "homes", "maildir", T0, T0 + dt.timedelta(seconds=1))
+    with pytest.raises(Conflict):
+        record(ledger, other)
+
+
+def test_failure_in_the_middle_rolls_back_everything(ledger: Ledger) -> None:
+    record(ledger, scan(T0, [m("alice", 1000)]))
+    before = (count(ledger, UsageSample), count(ledger, Scan), count(ledger, Member))
+
+    def crash() -> None:
+        with session_scope(ledger.engine, write=True) as session:
+            LedgerService(session).record(
+                scan(T0 + dt.timedelta(hours=1), [m("alice", 5), m("zed", 7)])
+            )
+            raise RuntimeError("crash after the inserts, before the commit")
+
+    with pytest.raises(RuntimeError):
+        crash()
+    assert (count(ledger, UsageSample), count(ledger, Scan), count(ledger, Member)) == before
+    assert current(ledger) == {"alice": (1000, 1, "alice", None)}
+
+
+def test_current_usage_rebuilds_from_the_samples(ledger: Ledger) -> None:
+    record(ledger, scan(T0, [m("alice", 1000), m("bob", 2000), m("carol", 1)]))
+    record(
+        ledger,
+        scan(
+            T0 + dt.timedelta(hours=1),
+            [m("alice", 1100), m("carol", 2)],
+            [ResourceFailure("bob", "tree", "bob", "unreadable")],
+        ),
+    )
+    record(
+        ledger,
+        scan(
+            T0 + dt.timedelta(hours=2),
+            [m("alice", 1200), m("dave", 3, name="dave")],
+            [ResourceFailure("bob", "tree", "bob", "still unreadable")],
+        ),
+    )
+
+    def snapshot() -> list[tuple[object, ...]]:
+        with session_scope(ledger.engine) as session:
+            return [
+                (
+                    c.resource_id,
+                    c.member_id,
+                    c.bytes,
+                    c.files,
+                    c.present,
+                    c.measured_at,
+                    c.error,
+                    c.error_at,
+                )
+                for c in session.scalars(select(CurrentUsage).order_by(CurrentUsage.resource_id))
+            ]
+
+    incremental = snapshot()
+    with session_scope(ledger.engine, write=True) as session:
+        session.execute(text("DELETE FROM current_usage"))
+    assert snapshot() == []
+    with session_scope(ledger.engine, write=True) as session:
+        LedgerService(session).rebuild_current_usage()
+    assert snapshot() == incremental
+    assert count(ledger, MeasurementFailure) == 2
+
+
+def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path}/new/ledger.db")
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    finally:
+        engine.dispose()
