@@ -461,10 +461,12 @@ def test_names_that_are_not_utf8_are_measured_and_kept_apart(
     (root / "alice").mkdir(parents=True)
     # A file inside a member's tree and a whole top-level folder whose names
     # are Latin-1 bytes, as an old FTP client leaves them.
-    os.mkdir(os.fsencode(root / "alice") + b"/caf\xe9")
-    Path(os.fsdecode(os.fsencode(root / "alice") + b"/caf\xe9/menu")).write_bytes(b"m" * 300)
-    os.mkdir(os.fsencode(root) + b"/r\xe9sum\xe9")
-    Path(os.fsdecode(os.fsencode(root) + b"/r\xe9sum\xe9/cv")).write_bytes(b"c" * 77)
+    cafe = Path(os.fsdecode(os.fsencode(root / "alice") + b"/caf\xe9"))
+    cafe.mkdir()
+    (cafe / "menu").write_bytes(b"m" * 300)
+    resume = Path(os.fsdecode(os.fsencode(root) + b"/r\xe9sum\xe9"))
+    resume.mkdir()
+    (resume / "cv").write_bytes(b"c" * 77)
     config = ledger.config_file(
         f'[[sources]]\nname = "homes"\nkind = "tree"\npath = "{root}/{{member}}"\n'
     )
