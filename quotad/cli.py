@@ -138,7 +138,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
         print("no sources configured: add [[sources]] tables to the config", file=sys.stderr)
         return EXIT_OK
     outcomes = scan_and_record(
-        engine, settings, sources, actor(), progress_for=_progress_for(sys.stderr)
+        engine, settings, sources, actor(), progress_for=_progress_for(sys.stderr), full=args.full
     )
     if sys.stderr.isatty():
         sys.stderr.write("\r\x1b[K")
@@ -441,6 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
     scan = add(commands, "scan", cmd_scan, "measure sources now and record the results")
     scan.add_argument("sources", nargs="*", metavar="SOURCE", help="only these sources")
     scan.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    scan.add_argument(
+        "--full", action="store_true", help="read everything again, believing no scanner cache"
+    )
 
     report = add(commands, "report", cmd_report, "every member: usage, limits, state, grace end")
     report.add_argument(

@@ -12,6 +12,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -23,7 +24,7 @@ from sqlalchemy.exc import ArgumentError
 from quotad import sources as source_registry
 from quotad.errors import ConfigError
 from scanners.base import OptionError, Scanner
-from scanners.options import Options
+from scanners.options import Options, resolve_path
 
 ENV_PREFIX = "QUOTAD_"
 # Variables that steer the loading itself rather than override a key.
@@ -105,6 +106,8 @@ class Settings:
     smtp: SmtpSettings = SmtpSettings()
     billing: BillingSettings = BillingSettings()
     sources: tuple[SourceSettings, ...] = ()
+    # Scanners' caches (the Maildir scanner's directory summaries); safe to delete.
+    cache_dir: Path = Path("var/cache")
 
     def source(self, name: str) -> SourceSettings | None:
         return next((s for s in self.sources if s.name == name), None)
@@ -195,6 +198,7 @@ def parse_settings(
         smtp = _smtp(Options(top.table("smtp"), "smtp."))
         billing = _billing(Options(top.table("billing"), "billing."))
         sources = _sources(top.raw("sources", []), base_dir)
+        cache_dir = _cache_dir(top, database_url, env_keys, base_dir)
         top.finish()
     except OptionError as exc:
         label = file_label
@@ -212,7 +216,19 @@ def parse_settings(
         smtp=smtp,
         billing=billing,
         sources=sources,
+        cache_dir=cache_dir,
     )
+
+
+def _cache_dir(top: Options, database_url: str, env_keys: AbstractSet[str], base: Path) -> Path:
+    """`cache_dir`, by default beside an SQLite ledger, else ./var/cache by the config."""
+    text = top.optional_string("cache_dir")
+    if text:
+        return resolve_path(text, Path.cwd() if "cache_dir" in env_keys else base)
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite" and url.database:
+        return Path(url.database).parent / "cache"
+    return base / "var" / "cache"
 
 
 def _database_url(text: str, base_dir: Path) -> str:

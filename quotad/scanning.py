@@ -13,7 +13,7 @@ from quotad.config import Settings, SourceSettings
 from quotad.db import session_scope, utcnow
 from quotad.errors import InvalidInput
 from quotad.ledger.service import LedgerService, RecordResult, ScanInput
-from scanners.base import Measurement, Progress, ResourceFailure, SourceError
+from scanners.base import Measurement, Progress, ResourceFailure, ScanContext, SourceError
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,9 @@ class SourceOutcome:
         return self.scan.error is not None or self.result is None
 
 
-def measure(source: SourceSettings, progress: Progress | None = None) -> ScanInput:
+def measure(
+    source: SourceSettings, progress: Progress | None = None, context: ScanContext | None = None
+) -> ScanInput:
     """Run one source's scanner; any failure of the source as a whole becomes its error."""
     scan_id = uuid.uuid4()
     # Whole seconds: what people read in reports, and plenty for billing.
@@ -38,7 +40,7 @@ def measure(source: SourceSettings, progress: Progress | None = None) -> ScanInp
     failures: list[ResourceFailure] = []
     error: str | None = None
     try:
-        for item in source.scanner.scan(progress):
+        for item in source.scanner.scan(progress, context):
             if isinstance(item, Measurement):
                 measurements.append(item)
             else:
@@ -86,11 +88,17 @@ def scan_and_record(
     sources: Sequence[SourceSettings],
     actor: str,
     progress_for: Callable[[SourceSettings], Progress | None] | None = None,
+    *,
+    full: bool = False,
 ) -> list[SourceOutcome]:
-    """Measure and record each source; one source's failure never stops the others."""
+    """Measure and record each source; one source's failure never stops the others.
+
+    FULL makes scanners that keep a cache read everything again.
+    """
     outcomes = []
     for source in sources:
-        scan = measure(source, progress_for(source) if progress_for else None)
+        context = ScanContext(full=full, state_dir=settings.cache_dir / source.name)
+        scan = measure(source, progress_for(source) if progress_for else None, context)
         try:
             result = record(engine, settings, scan, actor)
         except Exception as exc:

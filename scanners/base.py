@@ -95,6 +95,20 @@ class OptionError(ValueError):
 # Called with (what, done, total) while scanning; total is None when unknown.
 Progress = Callable[[str, int, int | None], None]
 
+
+@dataclass(frozen=True, slots=True)
+class ScanContext:
+    """What the caller tells a scanner about one run.
+
+    `state_dir` is a folder the scanner may keep state in between runs (a
+    cache; deleting it must only cost time); None means keep nothing. With
+    `full`, the scanner reads everything again and believes no state.
+    """
+
+    full: bool = False
+    state_dir: Path | None = None
+
+
 ScanItem = Measurement | ResourceFailure
 
 
@@ -122,7 +136,9 @@ class Scanner(abc.ABC):
         """
 
     @abc.abstractmethod
-    def scan(self, progress: Progress | None = None) -> Iterator[ScanItem]:
+    def scan(
+        self, progress: Progress | None = None, context: ScanContext | None = None
+    ) -> Iterator[ScanItem]:
         """Yield one item per resource found.
 
         Raises SourceError when the source cannot be measured at all; nothing

@@ -26,6 +26,7 @@ from scanners.base import (
     OptionError,
     Progress,
     ResourceFailure,
+    ScanContext,
     ScanItem,
     Scanner,
     SourceError,
@@ -473,7 +474,11 @@ class TreeScanner(Scanner):
             raise OptionError("path", str(exc)) from None
         return cls(name, pattern, workers)
 
-    def scan(self, progress: Progress | None = None) -> Iterator[ScanItem]:
+    def scan(
+        self,
+        progress: Progress | None = None,
+        context: ScanContext | None = None,  # noqa: ARG002 - a tree keeps no state
+    ) -> Iterator[ScanItem]:
         """Measure every member directory; SourceError if the pattern's root is unreadable."""
         members = self.pattern.expand()
         if self.workers == 1:
