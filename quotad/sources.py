@@ -5,9 +5,10 @@ from __future__ import annotations
 from apscheduler.triggers.cron import CronTrigger
 
 from scanners.base import Scanner
+from scanners.maildir import MaildirScanner
 from scanners.tree import TreeScanner
 
-SCANNERS: dict[str, type[Scanner]] = {cls.kind: cls for cls in (TreeScanner,)}
+SCANNERS: dict[str, type[Scanner]] = {cls.kind: cls for cls in (TreeScanner, MaildirScanner)}
 
 # Every resource kind of the contract, including those whose scanners are
 # configured elsewhere, so a quota scope for them is valid before they run here.

@@ -9,7 +9,7 @@ import pytest
 
 from scanners.base import SourceError
 from scanners.paths import display_path, expand_member_pattern, parse_member_pattern
-from tests.scanners.test_tree import make_dir, public_dir, run_unprivileged
+from tests.scanners.support import make_dir, public_dir, run_unprivileged
 
 __all__ = ["public_dir"]  # a fixture, used by name below
 
