@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from scanners import maildir
 from scanners.base import Measurement, OptionError, ResourceFailure, ScanContext, ScanItem
 from scanners.maildir import MaildirScanner, message_size
 from tests.scanners.support import make_dir, public_dir, run_unprivileged, workers, write
@@ -375,7 +374,7 @@ def test_the_cache_is_used_rebuilt_and_never_believed_blindly(tmp_path: Path) ->
     assert (source.last_full, source.last_reused) == (True, 0)
 
 
-def test_a_periodic_full_rescan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_periodic_full_rescan(tmp_path: Path) -> None:
     new_maildir(tmp_path / "alice" / "Maildir")
     state = tmp_path / "state"
     source = scanner(tmp_path, full_every="1h")
@@ -384,7 +383,7 @@ def test_a_periodic_full_rescan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     scan(source, state)
     assert not source.last_full
     later = time.time_ns() + 3601 * 1_000_000_000
-    monkeypatch.setattr(maildir.time, "time_ns", lambda: later)
+    source.clock = lambda: later
     scan(source, state)
     assert source.last_full
 
