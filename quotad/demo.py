@@ -74,7 +74,7 @@ schedule = "*/30 * * * *"
 
 [[sources]]
 name = "mail"
-kind = "tree"
+kind = "maildir"
 path = "data/mail/{member}/Maildir"
 schedule = "0 * * * *"
 """
@@ -116,6 +116,9 @@ def write_demo(target: Path) -> Path:
             flags = ":2,S" if sub == "cur" else ""
             name = f"17950000{index:02d}.M{index}P100.demo,S={size}{flags}"
             _write(root / folder / sub / name, size, f"{member} message {index}")
+        # Dovecot's own files and a delivery cut short: bytes, but not messages.
+        _write(root / "dovecot.index.cache", 8_192, f"{member} index")
+        _write(root / "tmp" / "1795000099.M99P100.demo", 1_000, f"{member} partial")
     archives = data / "lists" / "archives" / "private"
     for listname, (_owner, size) in LISTS.items():
         _write(archives / listname / "index.html", size // 4, listname)

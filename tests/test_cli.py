@@ -18,7 +18,7 @@ from quotad import migrate
 from quotad.audit.models import AuditEntry
 from quotad.cli import main
 from quotad.db import make_engine, session_scope
-from quotad.demo import write_demo
+from quotad.demo import MESSAGES, write_demo
 from quotad.ledger.models import Resource, Scan, UsageSample
 from quotad.members.models import Member
 from tests.conftest import Ledger
@@ -90,7 +90,20 @@ def test_demo_scan_and_report_exact_sizes(demo: Path, capsys: pytest.CaptureFixt
             "bytes": sum(b for b, _ in got.values()),
             "files": sum(f for _, f in got.values()),
         }
-        assert all(r["kind"] == "tree" and not r["stale"] for r in entry["resources"])
+        kinds = {r["source"]: r["kind"] for r in entry["resources"]}
+        assert set(kinds.items()) <= {("homes", "tree"), ("mail", "maildir")}
+        assert not any(r["stale"] for r in entry["resources"])
+    # The Maildirs' messages, as written by the demo: not tmp/, not the index.
+    mail = {
+        entry["member"]: r["detail"]
+        for entry in report
+        for r in entry["resources"]
+        if r["source"] == "mail"
+    }
+    assert mail == {
+        member: {"messages": len(messages), "message_bytes": sum(s for _, _, s in messages)}
+        for member, messages in MESSAGES.items()
+    }
     # bob holds a hard-linked copy of his 57 MiB backup: counted once.
     assert expected["bob"]["homes"][0] < 2 * 57 * 1024**2
     states = {r["member"]: r["quotas"][0]["state"] for r in report}
@@ -485,3 +498,20 @@ def test_names_that_are_not_utf8_are_measured_and_kept_apart(
     with session_scope(ledger.engine) as session:
         names = sorted(session.scalars(select(Resource.name)))
     assert names == ["alice", "r\\xe9sum\\xe9"]
+
+
+def test_maildir_cache_lives_beside_the_ledger_and_full_ignores_it(
+    demo: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache_dir = demo.parent / "scanner-cache"
+    monkeypatch.setenv("QUOTAD_CACHE_DIR", str(cache_dir))
+    first = run_json(capsys, "--config", str(demo), "scan", "mail", "--json")
+    cache = cache_dir / "mail" / "maildir.cache"
+    assert cache.is_file()
+    # Damage it: the next scan must not believe it, and must say the same.
+    cache.write_bytes(b"garbage")
+    again = run_json(capsys, "--config", str(demo), "scan", "mail", "--json")
+    full = run_json(capsys, "--config", str(demo), "scan", "mail", "--full", "--json")
+    assert [(s["bytes"], s["files"]) for s in first] == [(s["bytes"], s["files"]) for s in again]
+    assert [(s["bytes"], s["files"]) for s in again] == [(s["bytes"], s["files"]) for s in full]
+    assert cache.read_bytes() != b"garbage"

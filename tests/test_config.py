@@ -109,6 +109,23 @@ def test_relative_paths_are_relative_to_the_config_file(cwd: Path) -> None:
     scanner = settings.sources[0].scanner
     assert isinstance(scanner, TreeScanner)
     assert scanner.pattern.parent == folder / "homes"
+    # Scanner caches sit beside an SQLite ledger unless the config says otherwise.
+    assert settings.cache_dir == folder / "ledger" / "cache"
+
+
+def test_cache_dir(cwd: Path) -> None:
+    folder = cwd / "etc"
+    folder.mkdir()
+    config = folder / "quotad.toml"
+    config.write_text('cache_dir = "state/cache"\n')
+    assert load_settings(config, environ={}).cache_dir == folder / "state" / "cache"
+    config.write_text('database_url = "postgresql://q@db/ledger"\n')
+    assert load_settings(config, environ={}).cache_dir == folder / "var" / "cache"
+    settings = load_settings(config, environ={"QUOTAD_CACHE_DIR": "here"})
+    assert settings.cache_dir == cwd / "here"
+    config.write_text("cache_dir = 5\n")
+    with pytest.raises(ConfigError, match="cache_dir"):
+        load_settings(config, environ={})
 
 
 def test_environment_overrides(cwd: Path) -> None:
