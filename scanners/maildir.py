@@ -31,9 +31,11 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import logging
 import marshal
 import os
+import re
 import stat
 import time
 from array import array
@@ -109,6 +111,35 @@ def message_size(name: str) -> int:
         return -1
     # ",S=" followed directly by ":" is 0, as in Dovecot's own parser.
     return int(name[start:end]) if end > start else 0
+
+
+_S_IFMT = 0o170000
+_S_IFREG = stat.S_IFREG
+
+# Every ",S=<digits>" that Dovecot accepts, one per NUL-separated name: the
+# first ",S=" of the name (possessive runs cannot give a later one back),
+# its ASCII digits, then ":", "," or the end. A name can hold neither NUL
+# nor "/", so names cannot run into each other.
+_NAMED_SIZE = re.compile(r"(?:^|\0)[^,\0]*+(?:,(?!S=)[^,\0]*+)*+,S=([0-9]+)(?=[:,\0]|\Z)")
+
+
+def _named_sizes(names: list[str]) -> tuple[list[int], list[str]]:
+    """The `,S=` sizes of NAMES, and the names Dovecot would stat instead."""
+    if not names:
+        return [], []
+    found = _NAMED_SIZE.findall("\0".join(names))
+    if len(found) == len(names):
+        return list(map(int, found)), []
+    # Some name is odd (",S=" with no digits, or a bad end): one by one.
+    sizes: list[int] = []
+    unsized: list[str] = []
+    for name in names:
+        value = message_size(name)
+        if value >= 0:
+            sizes.append(value)
+        else:
+            unsized.append(name)
+    return sizes, unsized
 
 
 @dataclass(slots=True)
@@ -305,61 +336,101 @@ class _Walk:
         summary = _Summary()
         links = summary.links
         singles = summary.singles
-        subdirs = summary.subdirs
+        append_single = singles.append
         trust = self.trust
         dev = self.dev
         size = 0
         files = 0
         messages = 0
         message_bytes = 0
+        # Regular files whose names carry ",S=": their sizes are read from all
+        # the names at once after the listing, far cheaper than one by one.
+        named: list[str] = []
+        # (name, lstat) of anything else: directories, links, devices.
+        odd: list[tuple[str, os.stat_result]] = []
+        ifmt = _S_IFMT
+        ifreg = _S_IFREG
+        append_named = named.append
         try:
             with os.scandir(fd) as entries:
                 for entry in entries:
                     name = entry.name
-                    named = message_size(name)
-                    if named >= 0 and trust and entry.is_file(follow_symlinks=False):
-                        # Trusted names: no stat at all, and no inode to share.
-                        messages += 1
-                        message_bytes += named
-                        size += named
-                        files += 1
+                    if trust and ",S=" in name and entry.is_file(follow_symlinks=False):
+                        append_named(name)
                         continue
                     try:
                         st = entry.stat(follow_symlinks=False)
                     except FileNotFoundError:
                         continue
-                    mode = st.st_mode
-                    if named >= 0:
-                        messages += 1
-                        message_bytes += named
-                    elif stat.S_ISLNK(mode):
-                        target = self._follow(fd, name, f"{path}/{name}")
-                        if target >= 0:
-                            messages += 1
-                            message_bytes += target
+                    if st.st_mode & ifmt != ifreg:
+                        odd.append((name, st))
+                        continue
+                    messages += 1
+                    st_size = st.st_size
+                    if ",S=" in name:
+                        append_named(name)
                     else:
-                        # Dovecot counts whatever stat() finds, directories too.
-                        messages += 1
-                        message_bytes += st.st_size
-                    if stat.S_ISDIR(mode):
-                        subdirs.append(name)
-                        continue
-                    if st.st_dev != dev or not stat.S_ISREG(mode):
-                        continue
+                        message_bytes += st_size
                     if st.st_nlink > 1:
-                        links[st.st_ino] = st.st_size
-                    else:
-                        size += st.st_size
+                        if st.st_dev == dev:
+                            links[st.st_ino] = st_size
+                    elif st.st_dev == dev:
+                        size += st_size
                         files += 1
-                        singles.append(st.st_ino)
+                        append_single(st.st_ino)
         except OSError as exc:
             raise _unreadable(exc, path) from exc
+        if trust:
+            # Trusted names were not stat'ed: they are messages and bytes.
+            messages += len(named)
+        sizes, unsized = _named_sizes(named)
+        message_bytes += sum(sizes)
+        if trust:
+            size += sum(sizes)
+            files += len(sizes)
+        for name in unsized:
+            # ",S=" but no number Dovecot accepts: it stats the file instead.
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                if trust:
+                    messages -= 1  # gone since the listing, and never counted
+                continue
+            except OSError as exc:
+                raise _unreadable(exc, f"{path}/{name}") from exc
+            message_bytes += st.st_size
+            if trust and st.st_dev == dev:
+                if st.st_nlink > 1:
+                    links[st.st_ino] = st.st_size
+                else:
+                    size += st.st_size
+                    files += 1
+                    append_single(st.st_ino)
+        for name, st in odd:
+            mode = st.st_mode
+            named_size = message_size(name)
+            if named_size >= 0:
+                # The name alone, without a stat: even a dangling link counts.
+                messages += 1
+                message_bytes += named_size
+            elif stat.S_ISLNK(mode):
+                target = self._follow(fd, name, f"{path}/{name}")
+                if target >= 0:
+                    messages += 1
+                    message_bytes += target
+            else:
+                # Dovecot counts whatever stat() finds, directories too.
+                messages += 1
+                message_bytes += st.st_size
+            if stat.S_ISDIR(mode):
+                summary.subdirs.append(name)
         summary.bytes = size
         summary.files = files
         summary.messages = messages
         summary.message_bytes = message_bytes
         self.summaries[rel] = summary
         self.fresh.add(rel)
+        subdirs = summary.subdirs
         if subdirs and walk_subdirs:
             self._plain_subdirs(fd, path, subdirs)
         if max(before.st_mtime_ns, before.st_ctime_ns) < self.settle_before_ns:
@@ -469,11 +540,21 @@ def measure_maildir(
         return _Result(error=str(exc))
 
 
+# Pool tasks per worker: a task per member would cost more in round trips
+# than an incremental rescan of a small Maildir takes (measured: 200 members,
+# 0.09 s in tasks of one against 0.05 s in one process); a few per worker
+# still even out members of very different sizes.
+_TASKS_PER_WORKER = 4
+
+
 def _measure_task(
-    root: str, old: Mapping[str, Any] | None, trust: bool, settle_before_ns: int
-) -> _Result:
-    """Pool task: one member's Maildir."""
-    return measure_maildir(root, old, trust=trust, settle_before_ns=settle_before_ns)
+    roots: list[tuple[str, Mapping[str, Any] | None]], trust: bool, settle_before_ns: int
+) -> list[_Result]:
+    """Pool task: a run of members' Maildirs, each with its cache."""
+    return [
+        measure_maildir(root, old, trust=trust, settle_before_ns=settle_before_ns)
+        for root, old in roots
+    ]
 
 
 class MaildirScanner(Scanner):
@@ -587,17 +668,28 @@ class MaildirScanner(Scanner):
                 if progress is not None:
                     progress(captured, done, total)
             return
+        workers = min(self.workers, total)
+        tasks = min(total, workers * _TASKS_PER_WORKER)
+        # Contiguous runs, so that results come back in MEMBERS' order.
+        bounds = [total * i // tasks for i in range(tasks + 1)]
         context = get_context(_start_method())
-        with ProcessPoolExecutor(max_workers=min(self.workers, total), mp_context=context) as pool:
-            futures: list[Future[_Result]] = [
-                pool.submit(_measure_task, str(path), old.get(captured), self.trust, settle_before)
-                for captured, path in members
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            futures: list[Future[list[_Result]]] = [
+                pool.submit(
+                    _measure_task,
+                    [(str(path), old.get(captured)) for captured, path in members[start:end]],
+                    self.trust,
+                    settle_before,
+                )
+                for start, end in itertools.pairwise(bounds)
             ]
-            for done, ((captured, _), future) in enumerate(zip(members, futures, strict=True), 1):
-                result = future.result()
-                if progress is not None:
-                    progress(captured, done, total)
-                yield result
+            done = 0
+            for future in futures:
+                for result in future.result():
+                    done += 1
+                    if progress is not None:
+                        progress(members[done - 1][0], done, total)
+                    yield result
 
     def _load(self, path: Path) -> dict[str, Any] | None:
         """The cache at PATH if it is whole and this source's own, else None (rebuilt)."""

@@ -14,6 +14,8 @@ import errno
 import multiprocessing
 import os
 import stat
+import threading
+import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -436,18 +438,30 @@ def _start_method() -> str:
     # process (a one-off scan, an agent, the benchmark) has no such lock.
     # The executor forks all its workers on the first submit, before it
     # starts its own threads. /proc counts threads started by C libraries too.
-    try:
-        threads = sum(1 for _ in Path("/proc/self/task").iterdir())
-    except OSError:
-        threads = 0
-    if threads == 1:
-        return "fork"
+    if threading.active_count() == 1:
+        # A thread Python has just joined (the last pool's manager, say) can
+        # linger in the kernel for a moment after join() returns.
+        for _ in range(_THREAD_EXIT_POLLS):
+            if _os_threads() == 1:
+                return "fork"
+            time.sleep(0.001)
     # forkserver forks from a clean single-threaded server instead: ~30 ms
     # for two workers, but each worker also re-imports the main module
     # (CPython 3.11 does not preload it into the server), so a heavy
     # __main__ costs its import time per worker per scan. Still less than
     # spawn, which adds a whole interpreter start per worker.
     return "forkserver"
+
+
+# How many milliseconds to wait for a joined thread to leave the kernel.
+_THREAD_EXIT_POLLS = 50
+
+
+def _os_threads() -> int:
+    try:
+        return sum(1 for _ in Path("/proc/self/task").iterdir())
+    except OSError:
+        return 0
 
 
 class TreeScanner(Scanner):
