@@ -7,12 +7,17 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# A Mailman 3 core for the list-owner tests, in a virtual environment of its
+# own: it pins click and SQLAlchemy to versions quotad must not be held to.
+MAILMAN_VENV := .venv-mailman
+MAILMAN_STAMP := $(MAILMAN_VENV)/.installed-stamp
+MAILMAN_PINS := 'mailman==3.3.10' 'click<8.2' 'sqlalchemy<2.1'
 DEMO := var/demo
 # What the tests use from Debian: du (the benchmark's baseline), mount (a
 # second filesystem inside a scanned tree), pg_isready/psql (the ledger tests).
 DEBIAN_PACKAGES := coreutils util-linux findutils postgresql-client
 
-.PHONY: run test lint typecheck importlint pytest deps system-deps services bench clean
+.PHONY: run test lint typecheck importlint pytest deps system-deps services mailman-env bench clean
 
 run: deps
 	$(BIN)/quotad demo $(DEMO)
@@ -38,7 +43,7 @@ typecheck: deps
 importlint: deps
 	$(BIN)/lint-imports
 
-pytest: deps services
+pytest: deps services mailman-env
 	$(BIN)/pytest
 
 bench: deps
@@ -51,6 +56,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+mailman-env: $(MAILMAN_STAMP)
+
+# Rebuilt only when this Makefile changes (the pins live here).
+$(MAILMAN_STAMP): Makefile
+	test -x $(MAILMAN_VENV)/bin/python || $(PYTHON) -m venv $(MAILMAN_VENV)
+	$(MAILMAN_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(MAILMAN_VENV)/bin/python -m pip install --quiet $(MAILMAN_PINS)
+	touch $(MAILMAN_STAMP)
 
 # Installs only what is missing, so a machine that has everything pays nothing.
 system-deps:
@@ -73,4 +87,4 @@ services: system-deps
 	fi
 
 clean:
-	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(MAILMAN_VENV) var .mypy_cache .ruff_cache .pytest_cache
