@@ -6,9 +6,12 @@ from apscheduler.triggers.cron import CronTrigger
 
 from scanners.base import Scanner
 from scanners.maildir import MaildirScanner
+from scanners.mailman import MailmanScanner
 from scanners.tree import TreeScanner
 
-SCANNERS: dict[str, type[Scanner]] = {cls.kind: cls for cls in (TreeScanner, MaildirScanner)}
+SCANNERS: dict[str, type[Scanner]] = {
+    cls.kind: cls for cls in (TreeScanner, MaildirScanner, MailmanScanner)
+}
 
 # Every resource kind of the contract, including those whose scanners are
 # configured elsewhere, so a quota scope for them is valid before they run here.
