@@ -116,21 +116,22 @@ def message_size(name: str) -> int:
 _S_IFMT = 0o170000
 _S_IFREG = stat.S_IFREG
 
-# Every ",S=<digits>" that Dovecot accepts, one per NUL-separated name: the
-# first ",S=" of the name (possessive runs cannot give a later one back),
-# its ASCII digits, then ":", "," or the end. A name can hold neither NUL
-# nor "/", so names cannot run into each other.
-_NAMED_SIZE = re.compile(r"(?:^|\0)[^,\0]*+(?:,(?!S=)[^,\0]*+)*+,S=([0-9]+)(?=[:,\0]|\Z)")
+# ",S=<digits>" ending as Dovecot requires, at ":", "," or the end of a name
+# (names are joined with NUL, which no file name holds).
+_NAMED_SIZE = re.compile(r",S=([0-9]+)(?=[:,\0]|\Z)")
 
 
 def _named_sizes(names: list[str]) -> tuple[list[int], list[str]]:
     """The `,S=` sizes of NAMES, and the names Dovecot would stat instead."""
     if not names:
         return [], []
-    found = _NAMED_SIZE.findall("\0".join(names))
-    if len(found) == len(names):
+    text = "\0".join(names)
+    found = _NAMED_SIZE.findall(text)
+    # One ",S=" per name, each of them well formed: then the matches are the
+    # names' sizes, in order. Anything else takes the careful way.
+    if len(found) == len(names) == text.count(",S="):
         return list(map(int, found)), []
-    # Some name is odd (",S=" with no digits, or a bad end): one by one.
+    # Some name is odd (two ",S=", no digits, a bad end): one by one.
     sizes: list[int] = []
     unsized: list[str] = []
     for name in names:

@@ -16,9 +16,11 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from scanners.base import Measurement, OptionError, ResourceFailure, ScanContext, ScanItem
-from scanners.maildir import MaildirScanner, message_size
+from scanners.maildir import MaildirScanner, _named_sizes, message_size
 from tests.scanners.support import make_dir, public_dir, run_unprivileged, workers, write
 
 __all__ = ["public_dir", "workers"]  # fixtures, used by name
@@ -181,6 +183,20 @@ def test_message_size_follows_dovecots_parser() -> None:
     assert message_size("1.M2P3.host") == -1
     assert message_size("1.M2P3.host,S=12x,W=1") == -1  # not a number: Dovecot stats the file
     assert message_size("1.M2P3.host,W=5,S=77") == 77
+
+
+@given(
+    st.lists(
+        st.text(alphabet=st.sampled_from(list("0123456789,S=:W.\n\u0663x")), max_size=20).map(
+            lambda tail: "1.M2P3.h,S=" + tail
+        ),
+        max_size=8,
+    )
+)
+def test_names_read_all_at_once_agree_with_one_by_one(names: list[str]) -> None:
+    sizes, unsized = _named_sizes(names)
+    assert sizes == [message_size(n) for n in names if message_size(n) >= 0]
+    assert unsized == [n for n in names if message_size(n) < 0]
 
 
 def test_exact_sizes_and_dovecots_message_count(tmp_path: Path, workers: int) -> None:
