@@ -14,8 +14,10 @@ MAILMAN_STAMP := $(MAILMAN_VENV)/.installed-stamp
 MAILMAN_PINS := 'mailman==3.3.10' 'click<8.2' 'sqlalchemy<2.1'
 DEMO := var/demo
 # What the tests use from Debian: du (the benchmark's baseline), mount (a
-# second filesystem inside a scanned tree), pg_isready/psql (the ledger tests).
-DEBIAN_PACKAGES := coreutils util-linux findutils postgresql-client
+# second filesystem inside a scanned tree), pg_isready/psql (the ledger tests),
+# dovecot/doveadm (the oracle for the maildir scanner's message counts; the
+# tests run it from a config of their own, never the system's service).
+DEBIAN_PACKAGES := coreutils util-linux findutils postgresql-client dovecot-core
 
 .PHONY: run test lint typecheck importlint pytest deps system-deps services mailman-env bench clean
 
@@ -48,6 +50,7 @@ pytest: deps services mailman-env
 
 bench: deps
 	$(BIN)/python bench/tree_scan.py
+	$(BIN)/python bench/maildir_scan.py
 
 deps: system-deps $(STAMP)
 
