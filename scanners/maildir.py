@@ -29,6 +29,7 @@ state folder; a damaged, foreign or outdated one is ignored and rebuilt.
 
 from __future__ import annotations
 
+import base64
 import errno
 import hashlib
 import itertools
@@ -111,6 +112,71 @@ def message_size(name: str) -> int:
         return -1
     # ",S=" followed directly by ":" is 0, as in Dovecot's own parser.
     return int(name[start:end]) if end > start else 0
+
+
+def dovecot_lists(folder: str) -> bool:
+    """Whether Dovecot counts the Maildir++ folder stored as `.FOLDER` in the quota.
+
+    Dovecot stores folder names in modified UTF-7 (RFC 3501 5.1.3), decodes
+    them when it lists the Maildir, and encodes them again to find the
+    folder's directory. A name that does not survive the round trip (a bare
+    "&", an encoding that is not the canonical one, raw UTF-8) leads it to a
+    directory that does not exist, so those messages are not counted; a name
+    that is not UTF-8 at all it renames and skips. quotad counts what Dovecot
+    counts, and measures the bytes of every folder either way.
+    """
+    decoded = _mutf7_decode(folder)
+    return decoded is not None and _mutf7_encode(decoded) == folder
+
+
+def _mutf7_encode(text: str) -> str:
+    out: list[str] = []
+    pending: list[str] = []
+
+    def flush() -> None:
+        if pending:
+            raw = "".join(pending).encode("utf-16-be", "surrogatepass")
+            b64 = base64.b64encode(raw).decode("ascii").rstrip("=").replace("/", ",")
+            out.append(f"&{b64}-")
+            pending.clear()
+
+    for char in text:
+        if "\x20" <= char <= "\x7e":
+            flush()
+            out.append("&-" if char == "&" else char)
+        else:
+            pending.append(char)
+    flush()
+    return "".join(out)
+
+
+def _mutf7_decode(name: str) -> str | None:
+    """NAME decoded from modified UTF-7, or None if it is not that."""
+    out: list[str] = []
+    index = 0
+    while index < len(name):
+        char = name[index]
+        if not "\x20" <= char <= "\x7e":
+            return None
+        if char != "&":
+            out.append(char)
+            index += 1
+            continue
+        end = name.find("-", index + 1)
+        if end < 0:
+            return None
+        chunk = name[index + 1 : end]
+        index = end + 1
+        if not chunk:
+            out.append("&")
+            continue
+        padded = chunk.replace(",", "/") + "=" * (-len(chunk) % 4)
+        try:
+            raw = base64.b64decode(padded, validate=True)
+            out.append(raw.decode("utf-16-be"))
+        except (ValueError, UnicodeDecodeError):
+            return None
+    return "".join(out)
 
 
 _S_IFMT = 0o170000
@@ -249,7 +315,7 @@ class _Walk:
                     if entry.is_dir(follow_symlinks=False):
                         if name in ("cur", "new"):
                             subdirs.append((name, _MESSAGES))
-                        elif top and name.startswith("."):
+                        elif top and name.startswith(".") and dovecot_lists(name[1:]):
                             subdirs.append((name, _FOLDER))
                         else:
                             subdirs.append((name, _PLAIN))

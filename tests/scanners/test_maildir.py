@@ -20,7 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from scanners.base import Measurement, OptionError, ResourceFailure, ScanContext, ScanItem
-from scanners.maildir import MaildirScanner, _named_sizes, message_size
+from scanners.maildir import MaildirScanner, _named_sizes, dovecot_lists, message_size
 from tests.scanners.support import make_dir, public_dir, run_unprivileged, workers, write
 
 __all__ = ["public_dir", "workers"]  # fixtures, used by name
@@ -246,19 +246,43 @@ def test_trusted_names_give_bytes_without_stat(tmp_path: Path) -> None:
     assert exact == {"bob": ("bob", 5000 + 70 + 40 + 30, 4, 2, 170)}
 
 
-def test_names_that_are_not_utf8(tmp_path: Path) -> None:
+def test_folder_names_as_dovecot_reads_them(tmp_path: Path) -> None:
     box = new_maildir(tmp_path / "carol" / "Maildir")
+    # "Entwürfe" as Dovecot stores it (modified UTF-7): a folder it counts.
+    new_maildir(box, (".Entw&APw-rfe",))
+    write(box / ".Entw&APw-rfe" / "cur" / "1.M1P1.h,S=100:2,S", 100)
+    # The same name in raw UTF-8, and in Latin-1 bytes: not names Dovecot
+    # stores, so their messages are not in its quota; their bytes are ours.
+    new_maildir(box, (".Entwürfe",))
+    write(box / ".Entwürfe" / "cur" / "2.M2P1.h,S=20:2,S", 20)
     folder = os.fsencode(box) + b"/.Entw\xfcrfe"
     for sub in (b"", b"/cur", b"/new", b"/tmp"):
         make_dir(folder + sub)
-    write(folder + b"/cur/1.M1P1.h\xff,S=321:2,S", 321)
+    write(folder + b"/cur/3.M3P1.h\xff,S=321:2,S", 321)
     state = tmp_path / "state"
 
     first = scan(scanner(tmp_path), state)
     settle()
     again = scan(scanner(tmp_path), state)
 
-    assert first == again == {"carol": ("carol", 321, 1, 1, 321)}
+    assert first == again == {"carol": ("carol", 441, 3, 1, 100)}
+
+
+@pytest.mark.parametrize(
+    ("folder", "counted"),
+    [
+        ("Sent", True),
+        ("Lists.dev", True),
+        ("a&-b", True),  # "a&b"
+        ("&ZeVnLIqe-", True),  # "日本語"
+        ("a&b", False),  # a bare "&"
+        ("&AGE-", False),  # "a", but not as it is written
+        ("Entwürfe", False),
+        ("caf\udce9", False),  # Latin-1 bytes
+    ],
+)
+def test_which_folders_dovecot_lists(folder: str, counted: bool) -> None:
+    assert dovecot_lists(folder) is counted
 
 
 def test_unattributed_and_missing_maildirs(tmp_path: Path) -> None:
