@@ -112,13 +112,23 @@ smtp_port: {free_port()}
         process.wait(timeout=60)
         while time.monotonic() - started < READY_WITHIN:
             with contextlib.suppress(OSError, ValueError):
-                self.get("system/versions")
+                # A short timeout: something else on the port must not
+                # hold us past the deadline.
+                self.request("GET", "system/versions", timeout=2)
                 self.master_pid = self._read_master_pid()
                 return
             time.sleep(0.25)
+        # Read before stopping: the shutdown's own lines would push the cause out.
+        logs = [
+            f"{path}:\n{path.read_text(encoding='utf-8', errors='replace')[-3000:]}"
+            for path in (self.log, self.workdir / "var" / "logs" / "mailman.log")
+            if path.exists()
+        ]
         self.stop()
-        log_text = self.log.read_text(encoding="utf-8", errors="replace")[-4000:]
-        pytest.fail(f"Mailman REST did not answer within {READY_WITHIN:.0f} s; log:\n{log_text}")
+        pytest.fail(
+            f"Mailman REST at {self.rest_url} did not answer within {READY_WITHIN:.0f} s\n"
+            + "\n".join(logs)
+        )
 
     def _read_master_pid(self) -> int | None:
         try:
@@ -151,7 +161,9 @@ smtp_port: {free_port()}
 
     # REST, for setting up what a test needs.
 
-    def request(self, method: str, path: str, data: dict[str, str] | None = None) -> Any:
+    def request(
+        self, method: str, path: str, data: dict[str, str] | None = None, timeout: float = 30
+    ) -> Any:
         """The decoded JSON answer (None for an empty one); urllib.error.HTTPError on errors."""
         body = urllib.parse.urlencode(data).encode() if data is not None else None
         token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
@@ -161,7 +173,7 @@ smtp_port: {free_port()}
             method=method,
             headers={"Authorization": f"Basic {token}"},
         )
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             raw = response.read()
         return json.loads(raw) if raw else None
 
