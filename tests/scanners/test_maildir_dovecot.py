@@ -189,8 +189,11 @@ def test_incremental_rescan_after_changes_equals_dovecot(
     for part in ("cur", "new", "tmp"):
         (erin / ".Projects" / part).mkdir(parents=True)
     deliver(erin / ".Projects" / "cur", rng, serial=3)
-    # A copy by hard link, as `doveadm copy` makes it, of a message in a folder left alone.
-    source = next(path for path in sorted((erin / "cur").iterdir()) if ",S=" in path.name)
+    # A copy by hard link, as `doveadm copy` makes it, of a message in a folder
+    # otherwise left alone: its directory does not change, its file does.
+    source = next(
+        path for path in sorted((erin / ".Drafts" / "cur").iterdir()) if ",S=" in path.name
+    )
     os.link(
         source,
         erin / ".Archive.2025" / "cur" / f"1734000000.M9P9.mx1,{source.name.split(',', 1)[1]}",
