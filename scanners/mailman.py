@@ -42,6 +42,7 @@ from scanners.base import (
     Scanner,
     SourceError,
     is_member_name,
+    printable_name,
 )
 from scanners.options import Options
 from scanners.paths import display_path
@@ -335,7 +336,8 @@ class MailmanScanner(Scanner):
         if measured is None:
             return  # both folders removed since the listing: no archive any more
         size, files = measured
-        detail: dict[str, DetailValue] = {"list": list_name, "owners": count}
+        # Names are normalised by Measurement; detail values are not.
+        detail: dict[str, DetailValue] = {"list": printable_name(list_name), "owners": count}
         if owners is not None and owners.ambiguous is not None:
             detail["note"] = owners.ambiguous
         parts = split(size, files, [share.weight for share in shares])

@@ -25,7 +25,7 @@ from scanners.base import Measurement, OptionError, ResourceFailure, ScanItem, S
 from scanners.mailman import MailmanScanner, measure_folders, split
 from scanners.tree import measure_tree
 from tests.mailman_server import PASSWORD, MailmanServer, free_port, mailman
-from tests.scanners.support import public_dir, run_unprivileged, write
+from tests.scanners.support import make_dir, public_dir, run_unprivileged, write
 
 __all__ = ["mailman", "public_dir"]  # fixtures, used by name
 
@@ -126,6 +126,19 @@ def test_one_directory_under_two_names_counts_once(tmp_path: Path) -> None:
 
     assert measure_folders([root / "ops", root / "ops"]) == (total, 2)
     assert measure_folders([root / "gone", root / "gone.mbox"]) is None
+
+
+def test_a_folder_name_that_is_not_utf8_is_recorded_escaped(tmp_path: Path) -> None:
+    root = tmp_path / "private"
+    root.mkdir()
+    make_dir(os.fsencode(root) + b"/r\xe9sum\xe9")
+    make_dir(os.fsencode(root) + b"/r\xe9sum\xe9.mbox")
+    size = write(os.fsencode(root) + b"/r\xe9sum\xe9.mbox/r\xe9sum\xe9.mbox", 321)
+
+    items = list(with_owners(root, "").scan())
+
+    assert measured(items) == {"r\\xe9sum\\xe9": (None, size, 1)}
+    assert details(items) == {"r\\xe9sum\\xe9": {"list": "r\\xe9sum\\xe9", "owners": 0}}
 
 
 def test_lists_and_owners_the_other_side_does_not_know(tmp_path: Path) -> None:
