@@ -122,11 +122,19 @@ def dovecot_lists(folder: str) -> bool:
     folder's directory. A name that does not survive the round trip (a bare
     "&", an encoding that is not the canonical one, raw UTF-8) leads it to a
     directory that does not exist, so those messages are not counted; a name
-    that is not UTF-8 at all it renames and skips. quotad counts what Dovecot
-    counts, and measures the bytes of every folder either way.
+    that is not UTF-8 at all it renames and skips. INBOX is the Maildir
+    itself, whatever the case of its name: `.INBOX` or `.inbox` is never
+    counted, and below it only the exact spelling `.INBOX.Sub` is found.
+    quotad counts what Dovecot counts, and measures the bytes of every
+    folder either way.
     """
     decoded = _mutf7_decode(folder)
-    return decoded is not None and _mutf7_encode(decoded) == folder
+    if decoded is None or _mutf7_encode(decoded) != folder:
+        return False
+    first, dot, _ = decoded.partition(".")
+    if first.upper() == "INBOX":
+        return bool(dot) and first == "INBOX"
+    return True
 
 
 def _mutf7_encode(text: str) -> str:
@@ -264,6 +272,7 @@ class _Walk:
         self.fresh: set[str] = set()
         self.stored: dict[str, _DirEntry] = {}
         self.dev = -1
+        self.inbox_twice = False
 
     def run(self) -> _Result:
         fd, self.dev, ino = open_root(self.root)
@@ -303,6 +312,19 @@ class _Walk:
                 ino = os.fstat(child).st_ino
                 walk(child, child_path, self.dev, ino, self.tally, seen=self.seen)  # closes it
 
+    def _role(self, name: str, *, top: bool) -> int:
+        """What the subdirectory NAME of the Maildir (TOP) or of a folder is to the walk."""
+        if name in ("cur", "new"):
+            return _MESSAGES
+        if top and name.startswith(".") and dovecot_lists(name[1:]):
+            if name.startswith(".."):
+                # A folder whose name starts with the separator has the
+                # empty name as its parent, which Dovecot finds at the
+                # Maildir itself: INBOX counts twice.
+                self.inbox_twice = True
+            return _FOLDER
+        return _PLAIN
+
     def _list_container(self, fd: int, path: str, *, top: bool) -> list[tuple[str, int]]:
         """Count the files of the open directory FD; return its subdirectories and their role."""
         subdirs: list[tuple[str, int]] = []
@@ -313,12 +335,7 @@ class _Walk:
                 for entry in entries:
                     name = entry.name
                     if entry.is_dir(follow_symlinks=False):
-                        if name in ("cur", "new"):
-                            subdirs.append((name, _MESSAGES))
-                        elif top and name.startswith(".") and dovecot_lists(name[1:]):
-                            subdirs.append((name, _FOLDER))
-                        else:
-                            subdirs.append((name, _PLAIN))
+                        subdirs.append((name, self._role(name, top=top)))
                         continue
                     if not entry.is_file(follow_symlinks=False):
                         continue
@@ -573,6 +590,12 @@ class _Walk:
             links.update(summary.links)
             result.messages += summary.messages
             result.message_bytes += summary.message_bytes
+        if self.inbox_twice:
+            for rel in ("cur", "new"):
+                inbox = self.summaries.get(rel)
+                if inbox is not None:
+                    result.messages += inbox.messages
+                    result.message_bytes += inbox.message_bytes
         result.bytes = size + sum(links.values())
         result.files = files + len(links)
         result.relisted = len(self.fresh)

@@ -350,7 +350,32 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize(("name", "case"), list(CASES.items()), ids=list(CASES))
+# Where quotad parts from Dovecot on purpose (README, "What a measurement
+# means"): it never follows a symbolic link to a folder or to cur/, which a
+# member could point at someone else's mail. Strict: the day they agree, say so.
+DIFFERENT_ON_PURPOSE = {"symlinked-folder", "symlinked-cur"}
+
+
+@pytest.mark.parametrize(
+    ("name", "case"),
+    [
+        pytest.param(
+            name,
+            case,
+            id=name,
+            marks=[
+                pytest.mark.xfail(
+                    strict=True,
+                    reason="quotad does not follow links to folders",
+                    raises=AssertionError,
+                )
+            ]
+            if name in DIFFERENT_ON_PURPOSE
+            else [],
+        )
+        for name, case in CASES.items()
+    ],
+)
 def test_dovecot_counts_each_oddity_and_the_scanner_agrees(
     dovecot: DovecotServer, name: str, case: Case
 ) -> None:
