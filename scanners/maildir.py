@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import base64
 import errno
-import hashlib
+import functools
 import itertools
 import logging
 import marshal
@@ -39,9 +39,10 @@ import os
 import re
 import stat
 import time
+import zlib
 from array import array
 from collections.abc import Iterator, Mapping
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -85,8 +86,10 @@ _PLAIN = 2  # anything else (tmp/, unexpected folders): walked as a tree, every 
 
 _CACHE_NAME = "maildir.cache"
 _CACHE_MAGIC = b"quotad maildir cache\n"
-_CACHE_FORMAT = 1
-_DIGEST_SIZE = 32
+_CACHE_FORMAT = 2
+# A CRC-32 of the payload: it only has to catch a damaged file (a foreign one
+# is caught by its identity), and costs a fifth of a cryptographic hash.
+_DIGEST_SIZE = 4
 
 # What quotad remembers of one `cur/` or `new/` directory, as a marshal-able
 # tuple (st_ino, st_mtime_ns, st_ctime_ns, bytes, files, links, messages,
@@ -114,6 +117,7 @@ def message_size(name: str) -> int:
     return int(name[start:end]) if end > start else 0
 
 
+@functools.lru_cache(maxsize=4096)
 def dovecot_lists(folder: str) -> bool:
     """Whether Dovecot counts the Maildir++ folder stored as `.FOLDER` in the quota.
 
@@ -290,7 +294,8 @@ class _Walk:
     def _container(self, fd: int, rel: str, path: str, *, top: bool) -> None:
         """List the Maildir (TOP) or one of its folders: files here change in place."""
         prefix = f"{rel}/" if rel else ""
-        for name, how in self._list_container(fd, path, top=top):
+        for name in self._list(fd, path):
+            how = self._role(name, top=top)
             child_rel = prefix + name
             child_path = f"{path}/{name}"
             if how == _MESSAGES and self._reuse(fd, child_rel, child_path, name):
@@ -309,8 +314,12 @@ class _Walk:
                 finally:
                     os.close(child)
             else:
-                ino = os.fstat(child).st_ino
-                walk(child, child_path, self.dev, ino, self.tally, seen=self.seen)  # closes it
+                try:
+                    # Most often tmp/, and empty: listed here, without
+                    # setting up a whole tree walk for it.
+                    self._plain_subdirs(child, child_path, self._list(child, child_path))
+                finally:
+                    os.close(child)
 
     def _role(self, name: str, *, top: bool) -> int:
         """What the subdirectory NAME of the Maildir (TOP) or of a folder is to the walk."""
@@ -325,9 +334,9 @@ class _Walk:
             return _FOLDER
         return _PLAIN
 
-    def _list_container(self, fd: int, path: str, *, top: bool) -> list[tuple[str, int]]:
-        """Count the files of the open directory FD; return its subdirectories and their role."""
-        subdirs: list[tuple[str, int]] = []
+    def _list(self, fd: int, path: str) -> list[str]:
+        """Count the files of the open directory FD; return its subdirectories' names."""
+        subdirs: list[str] = []
         tally = self.tally
         links = tally.links
         try:
@@ -335,7 +344,7 @@ class _Walk:
                 for entry in entries:
                     name = entry.name
                     if entry.is_dir(follow_symlinks=False):
-                        subdirs.append((name, self._role(name, top=top)))
+                        subdirs.append(name)
                         continue
                     if not entry.is_file(follow_symlinks=False):
                         continue
@@ -426,6 +435,7 @@ class _Walk:
         size = 0
         files = 0
         messages = 0
+        unnamed = 0
         message_bytes = 0
         # Regular files whose names carry ",S=": their sizes are read from all
         # the names at once after the listing, far cheaper than one by one.
@@ -446,27 +456,28 @@ class _Walk:
                         st = entry.stat(follow_symlinks=False)
                     except FileNotFoundError:
                         continue
-                    if st.st_mode & ifmt != ifreg:
+                    # One unpacking instead of five attribute lookups, per file.
+                    mode, ino, st_dev, nlink, _, _, st_size, _, _, _ = st
+                    if mode & ifmt != ifreg:
                         odd.append((name, st))
                         continue
-                    messages += 1
-                    st_size = st.st_size
                     if ",S=" in name:
                         append_named(name)
                     else:
+                        unnamed += 1
                         message_bytes += st_size
-                    if st.st_nlink > 1:
-                        if st.st_dev == dev:
-                            links[st.st_ino] = st_size
-                    elif st.st_dev == dev:
+                    if st_dev != dev:
+                        continue  # a file bind-mounted here is not ours to count
+                    if nlink > 1:
+                        links[ino] = st_size
+                    else:
                         size += st_size
                         files += 1
-                        append_single(st.st_ino)
+                        append_single(ino)
         except OSError as exc:
             raise _unreadable(exc, path) from exc
-        if trust:
-            # Trusted names were not stat'ed: they are messages and bytes.
-            messages += len(named)
+        # Every regular file listed is a message, named or not.
+        messages += unnamed + len(named)
         sizes, unsized = _named_sizes(named)
         message_bytes += sum(sizes)
         if trust:
@@ -477,8 +488,7 @@ class _Walk:
             try:
                 st = os.stat(name, dir_fd=fd, follow_symlinks=False)
             except FileNotFoundError:
-                if trust:
-                    messages -= 1  # gone since the listing, and never counted
+                messages -= 1  # gone since the listing: Dovecot would not count it
                 continue
             except OSError as exc:
                 raise _unreadable(exc, f"{path}/{name}") from exc
@@ -630,7 +640,7 @@ def measure_maildir(
         return _Result(error=str(exc))
 
 
-# Pool tasks per worker: a task per member would cost more in round trips
+# Runs of members per worker: a task per member would cost more in round trips
 # than an incremental rescan of a small Maildir takes (measured: 200 members,
 # 0.09 s in tasks of one against 0.05 s in one process); a few per worker
 # still even out members of very different sizes.
@@ -758,28 +768,56 @@ class MaildirScanner(Scanner):
                 if progress is not None:
                     progress(captured, done, total)
             return
+        yield from self._measure_pool(members, old, settle_before, progress)
+
+    def _measure_pool(
+        self,
+        members: list[tuple[str, Path]],
+        old: Mapping[str, Any],
+        settle_before: int,
+        progress: Progress | None,
+    ) -> Iterator[_Result]:
+        """Results in MEMBERS' order, measured by a pool and this process side by side."""
+        total = len(members)
         workers = min(self.workers, total)
         tasks = min(total, workers * _TASKS_PER_WORKER)
-        # Contiguous runs, so that results come back in MEMBERS' order.
+        # Contiguous runs of members, so that results can be put in order.
         bounds = [total * i // tasks for i in range(tasks + 1)]
+        runs = [
+            [(str(path), old.get(captured)) for captured, path in members[start:end]]
+            for start, end in itertools.pairwise(bounds)
+        ]
+        results: list[list[_Result] | None] = [None] * tasks
+        # This process is one of the workers: the pool takes runs from the
+        # front, we take them from the back. One process fewer to start,
+        # and no core idles while we wait (an incremental rescan is short
+        # enough that starting a worker is a good part of it).
+        front, back = 0, tasks
+        pending: dict[Future[list[_Result]], int] = {}
+        done = 0
+        yielded = 0
         context = get_context(_start_method())
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            futures: list[Future[list[_Result]]] = [
-                pool.submit(
-                    _measure_task,
-                    [(str(path), old.get(captured)) for captured, path in members[start:end]],
-                    self.trust,
-                    settle_before,
-                )
-                for start, end in itertools.pairwise(bounds)
-            ]
-            done = 0
-            for future in futures:
-                for result in future.result():
-                    done += 1
-                    if progress is not None:
-                        progress(members[done - 1][0], done, total)
-                    yield result
+        with ProcessPoolExecutor(max_workers=workers - 1, mp_context=context) as pool:
+            while yielded < tasks:
+                while front < back and len(pending) < 2 * (workers - 1):
+                    future = pool.submit(_measure_task, runs[front], self.trust, settle_before)
+                    pending[future] = front
+                    front += 1
+                if front < back:
+                    back -= 1
+                    results[back] = _measure_task(runs[back], self.trust, settle_before)
+                elif pending:
+                    wait(pending, return_when=FIRST_COMPLETED)
+                for future in [f for f in pending if f.done()]:
+                    results[pending.pop(future)] = future.result()
+                while yielded < tasks and (ready := results[yielded]) is not None:
+                    results[yielded] = []  # handed on: free it
+                    yielded += 1
+                    for result in ready:
+                        done += 1
+                        if progress is not None:
+                            progress(members[done - 1][0], done, total)
+                        yield result
 
     def _load(self, path: Path) -> dict[str, Any] | None:
         """The cache at PATH if it is whole and this source's own, else None (rebuilt)."""
@@ -792,7 +830,7 @@ class MaildirScanner(Scanner):
             return None
         head = len(_CACHE_MAGIC)
         payload = data[head + _DIGEST_SIZE :]
-        digest = hashlib.blake2b(payload, digest_size=_DIGEST_SIZE).digest()
+        digest = zlib.crc32(payload).to_bytes(_DIGEST_SIZE, "big")
         if not data.startswith(_CACHE_MAGIC) or data[head : head + _DIGEST_SIZE] != digest:
             log.warning("maildir cache %s is damaged, scanning in full", path)
             return None
@@ -814,7 +852,7 @@ class MaildirScanner(Scanner):
         """Write the cache atomically; failing only costs the next scan its speed."""
         document["identity"] = self._identity()
         payload = marshal.dumps(document)
-        digest = hashlib.blake2b(payload, digest_size=_DIGEST_SIZE).digest()
+        digest = zlib.crc32(payload).to_bytes(_DIGEST_SIZE, "big")
         temporary = path.with_name(f".{path.name}.{os.getpid()}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

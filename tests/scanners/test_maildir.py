@@ -469,3 +469,20 @@ def test_a_restored_mtime_does_not_hide_a_change(tmp_path: Path) -> None:
     os.utime(box / "cur", ns=(before.st_atime_ns, before.st_mtime_ns))
 
     assert scan(source, state) == {"alice": ("alice", 30, 2, 2, 30)}
+
+
+def test_members_come_in_order_with_progress_once_each(tmp_path: Path, workers: int) -> None:
+    names = [f"m{index:02d}" for index in range(13)]
+    for index, name in enumerate(names):
+        box = new_maildir(tmp_path / name / "Maildir")
+        write(box / "cur" / f"1,S={index}:2,", index)
+    seen: list[tuple[str, int, int | None]] = []
+    source = scanner(tmp_path, workers)
+
+    items = list(source.scan(lambda what, done, total: seen.append((what, done, total))))
+
+    assert [item.name for item in items] == names
+    assert [(i.bytes, i.detail["message_bytes"]) for i in items if isinstance(i, Measurement)] == [
+        (index, index) for index in range(13)
+    ]
+    assert seen == [(name, done, 13) for done, name in enumerate(names, 1)]
