@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -34,10 +35,13 @@ MESSAGES: dict[str, list[tuple[str, str, int]]] = {
     "bob": [("", "cur", 1_500), ("", "new", 2_048), (".Lists", "cur", 3_333)],
     "carol": [("", "cur", 250_000), (".Archive.2025", "cur", 1_200_000)],
 }
-LISTS: dict[str, tuple[str, int]] = {
-    "alice-announce": ("alice", 40_000),
-    "bob-dev": ("bob", 123_456),
-    "orphans": ("nobody-known", 9_999),
+# (owners, archive size): a list with two owners is split evenly between
+# them; one nobody owns is recorded unattributed, for an admin to sort out.
+LISTS: dict[str, tuple[tuple[str, ...], int]] = {
+    "alice-announce": (("alice",), 40_000),
+    "bob-dev": (("bob",), 123_456),
+    "carol-and-alice": (("carol", "alice"), 55_555),
+    "orphans": ((), 9_999),
 }
 
 CONFIG = """\
@@ -77,6 +81,13 @@ name = "mail"
 kind = "maildir"
 path = "data/mail/{member}/Maildir"
 schedule = "0 * * * *"
+
+[[sources]]
+name = "lists"
+kind = "mailman"
+archive_root = "data/lists/archives/private"
+owners_file = "data/lists/list-owners.toml"
+schedule = "15 3 * * *"
 """
 
 
@@ -120,12 +131,18 @@ def write_demo(target: Path) -> Path:
         _write(root / "dovecot.index.cache", 8_192, f"{member} index")
         _write(root / "tmp" / "1795000099.M99P100.demo", 1_000, f"{member} partial")
     archives = data / "lists" / "archives" / "private"
-    for listname, (_owner, size) in LISTS.items():
+    for listname, (_owners, size) in LISTS.items():
         _write(archives / listname / "index.html", size // 4, listname)
         _write(archives / f"{listname}.mbox" / f"{listname}.mbox", size - size // 4, listname)
-    owners = "\n".join(f'"{name}" = "{owner}"' for name, (owner, _) in LISTS.items())
+    # A TOML array of strings is written as JSON writes it.
+    owners = "\n".join(
+        f'"{name}" = {json.dumps(list(list_owners))}'
+        for name, (list_owners, _) in LISTS.items()
+        if list_owners
+    )
     (data / "lists" / "list-owners.toml").write_text(
-        "# list name = member who owns it\n" + owners + "\n", encoding="utf-8"
+        "# list name = the members (or their addresses) who own it\n" + owners + "\n",
+        encoding="utf-8",
     )
     config = target / "quotad.toml"
     config.write_text(CONFIG, encoding="utf-8")

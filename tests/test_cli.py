@@ -73,6 +73,7 @@ def test_demo_scan_and_report_exact_sizes(demo: Path, capsys: pytest.CaptureFixt
     assert [(s["source"], s["status"], s["error"]) for s in scans] == [
         ("homes", "complete", None),
         ("mail", "complete", None),
+        ("lists", "complete", None),
     ]
 
     expected: dict[str, dict[str, tuple[int, int]]] = defaultdict(dict)
@@ -84,14 +85,22 @@ def test_demo_scan_and_report_exact_sizes(demo: Path, capsys: pytest.CaptureFixt
     report = run_json(capsys, "--config", str(demo), "report", "--json")
     assert [r["member"] for r in report] == sorted(expected)
     for entry in report:
-        got = {r["source"]: (r["bytes"], r["files"]) for r in entry["resources"]}
+        got = {
+            r["source"]: (r["bytes"], r["files"])
+            for r in entry["resources"]
+            if r["source"] != "lists"
+        }
         assert got == expected[entry["member"]], entry["member"]
         assert entry["total"] == {
-            "bytes": sum(b for b, _ in got.values()),
-            "files": sum(f for _, f in got.values()),
+            "bytes": sum(r["bytes"] for r in entry["resources"]),
+            "files": sum(r["files"] for r in entry["resources"]),
         }
         kinds = {r["source"]: r["kind"] for r in entry["resources"]}
-        assert set(kinds.items()) <= {("homes", "tree"), ("mail", "maildir")}
+        assert set(kinds.items()) <= {
+            ("homes", "tree"),
+            ("mail", "maildir"),
+            ("lists", "mailman_archive"),
+        }
         assert not any(r["stale"] for r in entry["resources"])
     # The Maildirs' messages, as written by the demo: not tmp/, not the index.
     mail = {
@@ -104,6 +113,28 @@ def test_demo_scan_and_report_exact_sizes(demo: Path, capsys: pytest.CaptureFixt
         member: {"messages": len(messages), "message_bytes": sum(s for _, _, s in messages)}
         for member, messages in MESSAGES.items()
     }
+    # The list archives: every byte charged to an owner, or unattributed.
+    lists = {
+        (entry["member"], r["name"]): r["bytes"]
+        for entry in report
+        for r in entry["resources"]
+        if r["source"] == "lists"
+    }
+    archives = data / "lists" / "archives" / "private"
+
+    def archive(name: str) -> int:
+        return sum(find_sizes(archives / n)[0] for n in (name, f"{name}.mbox"))
+
+    assert lists[("alice", "alice-announce")] == archive("alice-announce")
+    assert lists[("bob", "bob-dev")] == archive("bob-dev")
+    shared = lists[("alice", "carol-and-alice/alice")] + lists[("carol", "carol-and-alice/carol")]
+    assert shared == archive("carol-and-alice")
+    assert (
+        abs(lists[("alice", "carol-and-alice/alice")] - lists[("carol", "carol-and-alice/carol")])
+        <= 1
+    )
+    code, out, _ = run(capsys, "--config", str(demo), "report")
+    assert "orphans" in out.split("unattributed resources:")[1]
     # bob holds a hard-linked copy of his 57 MiB backup: counted once.
     assert expected["bob"]["homes"][0] < 2 * 57 * 1024**2
     states = {r["member"]: r["quotas"][0]["state"] for r in report}
@@ -354,7 +385,8 @@ def test_rebuild_current_command(demo: Path, capsys: pytest.CaptureFixture[str])
     before = run_json(capsys, "--config", str(demo), "report", "--json")
     code, out, _ = run(capsys, "--config", str(demo), "db", "rebuild-current")
     assert code == 0
-    assert "7 resources" in out  # 4 home trees and 3 mailboxes
+    # 4 home trees, 3 mailboxes, 3 lists (one split in two) and an orphan list
+    assert "12 resources" in out
     assert run_json(capsys, "--config", str(demo), "report", "--json") == before
 
 
