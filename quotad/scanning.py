@@ -13,6 +13,7 @@ from quotad.config import Settings, SourceSettings
 from quotad.db import session_scope, utcnow
 from quotad.errors import InvalidInput
 from quotad.ledger.service import LedgerService, RecordResult, ScanInput
+from quotad.members.service import MemberService
 from scanners.base import Measurement, Progress, ResourceFailure, ScanContext, SourceError
 
 log = logging.getLogger(__name__)
@@ -96,8 +97,12 @@ def scan_and_record(
     FULL makes scanners that keep a cache read everything again.
     """
     outcomes = []
+    with session_scope(engine) as session:
+        emails = MemberService(session, actor).emails()
     for source in sources:
-        context = ScanContext(full=full, state_dir=settings.cache_dir / source.name)
+        context = ScanContext(
+            full=full, state_dir=settings.cache_dir / source.name, member_emails=emails
+        )
         scan = measure(source, progress_for(source) if progress_for else None, context)
         try:
             result = record(engine, settings, scan, actor)

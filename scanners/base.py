@@ -103,10 +103,14 @@ class ScanContext:
     `state_dir` is a folder the scanner may keep state in between runs (a
     cache; deleting it must only cost time); None means keep nothing. With
     `full`, the scanner reads everything again and believes no state.
+    `member_emails` maps the registered members' addresses (lower case) to
+    their names, for scanners that learn owners by address; an agent that
+    sees no ledger passes none.
     """
 
     full: bool = False
     state_dir: Path | None = None
+    member_emails: Mapping[str, str] = field(default_factory=dict)
 
 
 ScanItem = Measurement | ResourceFailure

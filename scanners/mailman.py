@@ -268,25 +268,32 @@ class MailmanScanner(Scanner):
     def scan(
         self,
         progress: Progress | None = None,
-        context: ScanContext | None = None,  # noqa: ARG002 - an archive is re-measured each time
+        context: ScanContext | None = None,
     ) -> Iterator[ScanItem]:
         """Measure every list archive; SourceError if the root or the owners cannot be read."""
+        emails = context.member_emails if context is not None else {}
         archives = self._archives()
         if isinstance(self.owners, RestSettings):
             owners = self._owners_from_rest(self.owners, archives)
         else:
             owners = self._owners_from_file(self.owners)
         for done, (list_name, folders) in enumerate(sorted(archives.items()), 1):
-            yield from self._measure_list(list_name, folders, owners.get(list_name))
+            yield from self._measure_list(list_name, folders, owners.get(list_name), emails)
             if progress is not None:
                 progress(list_name, done, len(archives))
 
-    def member_for(self, owner: str) -> str | None:
-        """The member an owner (an address, or a member name from the owners file) stands for."""
+    def member_for(self, owner: str, emails: Mapping[str, str] | None = None) -> str | None:
+        """The member an owner (an address, or a member name from the owners file) stands for.
+
+        An address is looked up in `owners_map`, then among the registered
+        members' addresses (EMAILS), then matched with `owner_pattern`.
+        """
         if "@" not in owner:
             return owner if is_member_name(owner) else None
         address = owner.strip().lower()
         mapped = self.owners_map.get(address)
+        if mapped is None and emails:
+            mapped = emails.get(address)
         if mapped is not None:
             return mapped
         match = self.owner_pattern.search(address)
@@ -295,7 +302,12 @@ class MailmanScanner(Scanner):
         captured = match.group("member")
         return captured if captured is not None and is_member_name(captured) else None
 
-    def shares(self, list_name: str, owners: _ListOwners | None) -> tuple[list[_Share], int]:
+    def shares(
+        self,
+        list_name: str,
+        owners: _ListOwners | None,
+        emails: Mapping[str, str] | None = None,
+    ) -> tuple[list[_Share], int]:
         """The resources LIST_NAME is recorded as, and how many owners it is shared by.
 
         Owners are counted once per member (two addresses of one member are
@@ -306,7 +318,7 @@ class MailmanScanner(Scanner):
         members: set[str] = set()
         unknown: set[str] = set()
         for owner in owners.owners:
-            member = self.member_for(owner)
+            member = self.member_for(owner, emails)
             if member is not None:
                 members.add(member)
             else:
@@ -322,9 +334,13 @@ class MailmanScanner(Scanner):
         return parts, count
 
     def _measure_list(
-        self, list_name: str, folders: Sequence[Path], owners: _ListOwners | None
+        self,
+        list_name: str,
+        folders: Sequence[Path],
+        owners: _ListOwners | None,
+        emails: Mapping[str, str],
     ) -> Iterator[ScanItem]:
-        shares, count = self.shares(list_name, owners)
+        shares, count = self.shares(list_name, owners, emails)
         try:
             measured = measure_folders(folders)
         except UnreadableDirectory as exc:

@@ -170,3 +170,25 @@ def test_rest_owners_and_a_server_down_keeps_the_earlier_values(
     assert unattributed(out) == {stranger: stranger_bytes}
     assert "sources whose last scan did not complete:" in out
     assert why in out
+
+
+def test_an_owner_address_registered_as_a_members_email_is_that_member(
+    ledger: Ledger, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "private"
+    travel = archive(root, "travel", html=111, mbox=222)
+    owners = tmp_path / "owners.toml"
+    # The local part would make a member "dora.explorer" of its own.
+    owners.write_text('travel = "dora.explorer@Example.ORG"\n', "utf-8")
+    config = ledger.config_file(
+        f'[[sources]]\nname = "lists"\nkind = "mailman"\narchive_root = "{root}"\n'
+        f'owners_file = "{owners}"\n'
+    )
+    add = ("member", "add", "dora", "--email", "Dora.Explorer@example.org")
+    assert run(capsys, "--config", str(config), *add)[0] == 0
+
+    assert run(capsys, "--config", str(config), "scan")[0] == 0
+
+    assert usage(capsys, config) == {"dora": {"travel": travel}}
+    members = run_json(capsys, "--config", str(config), "member", "list", "--json")
+    assert [m["name"] for m in members] == ["dora"]

@@ -103,6 +103,17 @@ class MemberService:
         self.audit.record("member.remove", f"member:{name}", detail={"left_at": format_time(when)})
         return member
 
+    def emails(self) -> dict[str, str]:
+        """Current members' addresses (lower case) -> name.
+
+        An address two members share maps to neither: it says nothing about who.
+        """
+        by_address: dict[str, list[str]] = {}
+        for member in self.repo.all():
+            if member.email and member.left_at is None:
+                by_address.setdefault(member.email.strip().lower(), []).append(member.name)
+        return {address: names[0] for address, names in by_address.items() if len(names) == 1}
+
     def resolve(
         self, names: Collection[str], *, auto_register: bool, source: str
     ) -> dict[str, int]:
