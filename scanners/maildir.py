@@ -264,10 +264,12 @@ class _Walk:
         self.trust = trust
         self.settle_before_ns = settle_before_ns
         self.old_dirs: Mapping[str, Any] = {}
+        self.old_empty: Mapping[str, Any] = {}
         self.old_linked = b""
         self.old_dev = -1
         if old is not None:
             self.old_dirs = old.get("dirs", {})
+            self.old_empty = old.get("empty", {})
             self.old_linked = old.get("linked", b"")
             self.old_dev = old.get("dev", -1)
         self.tally = Tally()  # everything outside the message directories
@@ -275,6 +277,8 @@ class _Walk:
         self.summaries: dict[str, _Summary] = {}
         self.fresh: set[str] = set()
         self.stored: dict[str, _DirEntry] = {}
+        # Plain directories found empty: (st_ino, st_mtime_ns, st_ctime_ns).
+        self.stored_empty: dict[str, tuple[int, int, int]] = {}
         self.dev = -1
         self.inbox_twice = False
 
@@ -282,6 +286,7 @@ class _Walk:
         fd, self.dev, ino = open_root(self.root)
         if self.dev != self.old_dev:
             self.old_dirs = {}
+            self.old_empty = {}
             self.old_linked = b""
         self.seen.add(ino)
         try:
@@ -294,11 +299,13 @@ class _Walk:
     def _container(self, fd: int, rel: str, path: str, *, top: bool) -> None:
         """List the Maildir (TOP) or one of its folders: files here change in place."""
         prefix = f"{rel}/" if rel else ""
-        for name in self._list(fd, path):
+        for name in self._list(fd, path)[0]:
             how = self._role(name, top=top)
             child_rel = prefix + name
             child_path = f"{path}/{name}"
             if how == _MESSAGES and self._reuse(fd, child_rel, child_path, name):
+                continue
+            if how == _PLAIN and self._still_empty(fd, child_rel, name):
                 continue
             child = self._open(fd, name, child_path)
             if child < 0:
@@ -317,9 +324,45 @@ class _Walk:
                 try:
                     # Most often tmp/, and empty: listed here, without
                     # setting up a whole tree walk for it.
-                    self._plain_subdirs(child, child_path, self._list(child, child_path))
+                    before = os.fstat(child)
+                    subdirs, empty = self._list(child, child_path)
+                    self._plain_subdirs(child, child_path, subdirs)
+                    if (
+                        empty
+                        and max(before.st_mtime_ns, before.st_ctime_ns) < self.settle_before_ns
+                    ):
+                        self.stored_empty[child_rel] = (
+                            before.st_ino,
+                            before.st_mtime_ns,
+                            before.st_ctime_ns,
+                        )
                 finally:
                     os.close(child)
+
+    def _still_empty(self, parent: int, rel: str, name: str) -> bool:
+        """Whether REL was empty at the last scan and has not changed since.
+
+        Adding anything to a directory changes its mtime and ctime, so an
+        empty directory (most tmp/ folders) need not be opened again.
+        """
+        old = self.old_empty.get(rel)
+        if old is None:
+            return False
+        try:
+            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        except OSError:
+            return False
+        try:
+            same = [st.st_ino, st.st_mtime_ns, st.st_ctime_ns] == list(old)
+        except TypeError:
+            return False  # not what this version writes
+        if not same or not stat.S_ISDIR(st.st_mode) or st.st_dev != self.dev:
+            return False
+        if st.st_ino in self.seen:
+            return False
+        self.seen.add(st.st_ino)
+        self.stored_empty[rel] = old
+        return True
 
     def _role(self, name: str, *, top: bool) -> int:
         """What the subdirectory NAME of the Maildir (TOP) or of a folder is to the walk."""
@@ -334,14 +377,19 @@ class _Walk:
             return _FOLDER
         return _PLAIN
 
-    def _list(self, fd: int, path: str) -> list[str]:
-        """Count the files of the open directory FD; return its subdirectories' names."""
+    def _list(self, fd: int, path: str) -> tuple[list[str], bool]:
+        """Count the files of the open directory FD; return its subdirectories' names.
+
+        And whether it was empty: nothing at all in it, not even a link.
+        """
         subdirs: list[str] = []
+        empty = True
         tally = self.tally
         links = tally.links
         try:
             with os.scandir(fd) as entries:
                 for entry in entries:
+                    empty = False
                     name = entry.name
                     if entry.is_dir(follow_symlinks=False):
                         subdirs.append(name)
@@ -361,7 +409,7 @@ class _Walk:
                         tally.files += 1
         except OSError as exc:
             raise _unreadable(exc, path) from exc
-        return subdirs
+        return subdirs, empty
 
     def _open(self, parent: int, name: str, path: str) -> int:
         """NAME below PARENT opened as a directory, or -1 if gone, elsewhere or walked already."""
@@ -472,10 +520,10 @@ class _Walk:
                         links[ino] = st_size
                     else:
                         size += st_size
-                        files += 1
                         append_single(ino)
         except OSError as exc:
             raise _unreadable(exc, path) from exc
+        files += len(singles)  # each single-link file was counted once, as it came
         # Every regular file listed is a message, named or not.
         messages += unnamed + len(named)
         sizes, unsized = _named_sizes(named)
@@ -613,6 +661,7 @@ class _Walk:
         result.cache = {
             "dev": self.dev,
             "dirs": self.stored,
+            "empty": self.stored_empty,
             "linked": array("Q", sorted(links)).tobytes(),
         }
         return result
