@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import shutil
 import statistics
@@ -32,14 +31,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-# tests/ is not an installed package: the generator is shared with the tests.
+# Neither tests/ nor bench/ is an installed package: the generator is shared
+# with the tests, the timing and the oracle with the other benchmark.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import find_totals, format_runs, timed
 from scanners.base import Measurement, ScanContext, ScanItem
 from scanners.maildir import MaildirScanner
 from tests.maildirs import deliver, generate_tree, member_names, message_dirs
@@ -182,18 +182,6 @@ def delivered_messages() -> Iterator[list[Path]]:
             path.unlink(missing_ok=True)
 
 
-def timed(run: Callable[[], object]) -> float:
-    """Wall-clock seconds of one call of RUN."""
-    start = time.perf_counter()
-    run()
-    return time.perf_counter() - start
-
-
-def format_runs(times: list[float]) -> str:
-    """The individual timings, for eyeballing the spread."""
-    return " ".join(f"{t:.3f}" for t in times)
-
-
 def report(name: str, times: tuple[list[float], list[float]], goal: float) -> None:
     scanner_times, du_times = times
     scanner_median = statistics.median(scanner_times)
@@ -229,23 +217,6 @@ def check_totals(result: Result, root: Path) -> bool:
         f"messages {messages}: {'OK' if ok else 'MISMATCH'}"
     )
     return ok
-
-
-def find_totals(root: Path) -> dict[str, tuple[int, int]]:
-    """(bytes, files) per member from `find -printf`, hard links once per member."""
-    output = subprocess.run(
-        ["find", str(root), "-mindepth", "2", "-xdev", "-type", "f", "-printf", "%i %s %P\\0"],
-        check=True,
-        capture_output=True,
-    ).stdout
-    inodes: dict[str, dict[int, int]] = defaultdict(dict)
-    for record in output.split(b"\0"):
-        if not record:
-            continue
-        inode, size, relative = record.split(b" ", 2)
-        member = os.fsdecode(relative.split(b"/", 1)[0])
-        inodes[member][int(inode)] = int(size)
-    return {member: (sum(sizes.values()), len(sizes)) for member, sizes in inodes.items()}
 
 
 def ensure_tree(root: Path, members: int, per_member: int, seed: int) -> None:

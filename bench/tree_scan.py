@@ -24,10 +24,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
 
+# bench/ is not an installed package: the timing and the oracle are shared
+# with the other benchmark.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import find_totals, format_runs, timed
 from scanners import tree
 from scanners.base import Measurement, ResourceFailure
 from scanners.tree import TreeScanner
@@ -124,18 +127,6 @@ def compare(scanner: TreeScanner, root: Path, repeat: int) -> int:
     return 0 if check_totals(results[0], root) and steady else 1
 
 
-def timed(run: Callable[[], None]) -> float:
-    """Wall-clock seconds of one call of RUN."""
-    start = time.perf_counter()
-    run()
-    return time.perf_counter() - start
-
-
-def format_runs(times: list[float]) -> str:
-    """The individual timings, for eyeballing the spread."""
-    return " ".join(f"{t:.3f}" for t in times)
-
-
 def check_totals(items: list[Measurement | ResourceFailure], root: Path) -> bool:
     """Compare the scanner with GNU find's view of the same tree; print OK or MISMATCH."""
     failures = [item for item in items if isinstance(item, ResourceFailure)]
@@ -154,23 +145,6 @@ def check_totals(items: list[Measurement | ResourceFailure], root: Path) -> bool
         f"find {sum(f for _, f in expected.values())}: {'OK' if ok else 'MISMATCH'}"
     )
     return ok
-
-
-def find_totals(root: Path) -> dict[str, tuple[int, int]]:
-    """(bytes, files) per member from `find -printf`, hard links once per member."""
-    output = subprocess.run(
-        ["find", str(root), "-mindepth", "2", "-xdev", "-type", "f", "-printf", "%i %s %P\\0"],
-        check=True,
-        capture_output=True,
-    ).stdout
-    inodes: dict[str, dict[int, int]] = defaultdict(dict)
-    for record in output.split(b"\0"):
-        if not record:
-            continue
-        inode, size, relative = record.split(b" ", 2)
-        member = os.fsdecode(relative.split(b"/", 1)[0])
-        inodes[member][int(inode)] = int(size)
-    return {member: (sum(sizes.values()), len(sizes)) for member, sizes in inodes.items()}
 
 
 def ensure_tree(root: Path, files: int, seed: int) -> None:

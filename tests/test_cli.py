@@ -9,48 +9,20 @@ import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
 from quotad import migrate
 from quotad.audit.models import AuditEntry
-from quotad.cli import main
 from quotad.db import make_engine, session_scope
 from quotad.demo import MESSAGES, write_demo
 from quotad.ledger.models import Resource, Scan, UsageSample
 from quotad.members.models import Member
 from tests.conftest import Ledger
+from tests.helpers import find_sizes, run, run_json
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> Any:
-    code, out, err = run(capsys, *argv)
-    assert code == 0, err
-    return json.loads(out)
-
-
-def find_sizes(root: Path) -> tuple[int, int]:
-    """Independent oracle: GNU find's own stat, each inode once, regular files only."""
-    out = subprocess.run(
-        ["find", str(root), "-xdev", "-type", "f", "-printf", r"%i %s\n"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    inodes = {}
-    for line in out.splitlines():
-        inode, size = line.split()
-        inodes[inode] = int(size)
-    return sum(inodes.values()), len(inodes)
 
 
 def count(ledger: Ledger, model: type) -> int:

@@ -9,27 +9,14 @@ from __future__ import annotations
 import json
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from quotad.cli import main
 from tests.conftest import Ledger
+from tests.helpers import run, run_json
 from tests.mailman_server import PASSWORD, MailmanServer, free_port, mailman
 
 __all__ = ["mailman"]  # a fixture, used by name
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> Any:
-    code, out, err = run(capsys, *argv)
-    assert code == 0, err
-    return json.loads(out)
 
 
 def archive(root: Path, name: str, html: int, mbox: int) -> int:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from hypothesis import strategies as st
 
 from scanners.base import Measurement, OptionError, ResourceFailure, ScanContext, ScanItem
 from scanners.maildir import MaildirScanner, _named_sizes, dovecot_lists, message_size
+from tests.helpers import find_sizes
 from tests.scanners.support import make_dir, public_dir, run_unprivileged, workers, write
 
 __all__ = ["public_dir", "workers"]  # fixtures, used by name
@@ -61,18 +61,6 @@ def scan(
 def settle() -> None:
     """Let every change so far become old enough to be remembered."""
     time.sleep(SETTLE_NS * 2 / 1e9)
-
-
-def find_sizes(root: Path) -> tuple[int, int]:
-    """GNU find's own stat: each regular file's inode once."""
-    out = subprocess.run(
-        ["find", str(root), "-xdev", "-type", "f", "-printf", r"%i %s\n"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    inodes = dict(line.split() for line in out.splitlines())
-    return sum(int(size) for size in inodes.values()), len(inodes)
 
 
 def new_maildir(path: Path, folders: tuple[str, ...] = (".Sent", ".Trash")) -> Path:

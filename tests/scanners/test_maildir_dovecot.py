@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ import pytest
 from scanners.base import Measurement, ScanContext
 from scanners.maildir import MaildirScanner
 from tests.dovecot_server import DovecotError, DovecotServer, dovecot
+from tests.helpers import find_sizes
 from tests.maildirs import NON_UTF8_FOLDER, deliver, make_mailbox, message_dirs
 
 __all__ = ["dovecot"]  # a fixture, used by name
@@ -74,18 +74,6 @@ def scan(
         assert isinstance(message_bytes, int)
         result[item.name] = Figures(item.bytes, item.files, messages, message_bytes)
     return result
-
-
-def find_sizes(root: Path) -> tuple[int, int]:
-    """Independent oracle: GNU find's own stat, each inode once, regular files only."""
-    out = subprocess.run(
-        ["find", str(root), "-xdev", "-type", "f", "-printf", r"%i %s\n"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    inodes = dict(line.split() for line in out.splitlines())
-    return sum(int(size) for size in inodes.values()), len(inodes)
 
 
 def assert_equal_to_dovecot(
