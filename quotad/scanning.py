@@ -101,7 +101,10 @@ def scan_and_record(
         emails = MemberService(session, actor).emails()
     for source in sources:
         context = ScanContext(
-            full=full, state_dir=settings.cache_dir / source.name, member_emails=emails
+            full=full,
+            state_dir=settings.cache_dir / source.name,
+            member_emails=emails,
+            ledger_url=settings.database_url,
         )
         scan = measure(source, progress_for(source) if progress_for else None, context)
         try:

@@ -105,12 +105,15 @@ class ScanContext:
     `full`, the scanner reads everything again and believes no state.
     `member_emails` maps the registered members' addresses (lower case) to
     their names, for scanners that learn owners by address; an agent that
-    sees no ledger passes none.
+    sees no ledger passes none. `ledger_url` is the ledger's own database
+    URL (SQLAlchemy form), so that a database scanner can leave the ledger
+    out of what it charges; None when unknown.
     """
 
     full: bool = False
     state_dir: Path | None = None
     member_emails: Mapping[str, str] = field(default_factory=dict)
+    ledger_url: str | None = None
 
 
 ScanItem = Measurement | ResourceFailure
