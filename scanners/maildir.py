@@ -7,8 +7,9 @@ the way Dovecot's Maildir++ quota counts them, so that they equal what
 `doveadm quota recalc` writes to `maildirsize`:
 
 - the messages are the entries of `cur/` and `new/` of the Maildir itself and
-  of every `.Folder` directly below it (Trash included), never `tmp/` or
-  Dovecot's own index files;
+  of every `.Folder` directly below it (Trash included) whose name Dovecot
+  can find it by (see `dovecot_lists`), never `tmp/` or Dovecot's own index
+  files;
 - a message's size is the number after `,S=` in its name when that number
   ends at `:`, `,` or the end of the name; otherwise the entry's own size
   (Dovecot stats it, following a symbolic link);
@@ -21,7 +22,8 @@ per `cur/` and `new/` directory, a summary of what it held, and on the next
 scan re-lists only those whose identity, mtime or ctime changed. Everything
 else (the Maildir itself and each folder, with Dovecot's index files, `tmp/`,
 anything unexpected) is listed and stat'ed on every scan, since files there
-change in place. A directory changed within `_SETTLE_NS` of the scan's start
+change in place; only a directory that was empty and has not changed since
+(most `tmp/` folders) is not opened again. A directory changed within `_SETTLE_NS` of the scan's start
 is never summarised: a second change within the clock's granularity would
 leave its times as they were. The cache is a private file in the scan's
 state folder; a damaged, foreign or outdated one is ignored and rebuilt.
