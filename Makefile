@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed-stamp
 # own: it pins click and SQLAlchemy to versions quotad must not be held to.
 MAILMAN_VENV := .venv-mailman
 MAILMAN_STAMP := $(MAILMAN_VENV)/.installed-stamp
-MAILMAN_PINS := 'mailman==3.3.10' 'click<8.2' 'sqlalchemy<2.1'
+MAILMAN_REQUIREMENTS := tests/mailman-requirements.txt
 DEMO := var/demo
 # What the tests use from Debian: du (the benchmark's baseline), mount (a
 # second filesystem inside a scanned tree), pg_isready/psql (the ledger tests),
@@ -63,10 +63,10 @@ $(STAMP): pyproject.toml
 mailman-env: $(MAILMAN_STAMP)
 
 # Rebuilt only when this Makefile changes (the pins live here).
-$(MAILMAN_STAMP): Makefile
+$(MAILMAN_STAMP): $(MAILMAN_REQUIREMENTS)
 	test -x $(MAILMAN_VENV)/bin/python || $(PYTHON) -m venv $(MAILMAN_VENV)
 	$(MAILMAN_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(MAILMAN_VENV)/bin/python -m pip install --quiet $(MAILMAN_PINS)
+	$(MAILMAN_VENV)/bin/python -m pip install --quiet -r $(MAILMAN_REQUIREMENTS)
 	touch $(MAILMAN_STAMP)
 
 # Installs only what is missing, so a machine that has everything pays nothing.
