@@ -62,7 +62,7 @@ $(STAMP): pyproject.toml
 
 mailman-env: $(MAILMAN_STAMP)
 
-# Rebuilt only when this Makefile changes (the pins live here).
+# Rebuilt only when the pins change.
 $(MAILMAN_STAMP): $(MAILMAN_REQUIREMENTS)
 	test -x $(MAILMAN_VENV)/bin/python || $(PYTHON) -m venv $(MAILMAN_VENV)
 	$(MAILMAN_VENV)/bin/python -m pip install --quiet --upgrade pip
