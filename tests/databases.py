@@ -129,7 +129,8 @@ class MyObjects:
 
     def grant(self, privileges: str, pattern: str, user: str, host: str = "%") -> None:
         """GRANT PRIVILEGES ON `PATTERN`.* (the test's own text) to USER@HOST."""
-        self.execute(f"GRANT {privileges} ON {quote(pattern)}.* TO %s@%s", (user, host))
+        on = quote(pattern).replace("%", "%%")  # the driver formats the rest with %
+        self.execute(f"GRANT {privileges} ON {on}.* TO %s@%s", (user, host))
 
     def schema(self, name: str, rows: int = 0, width: int = 100) -> str:
         """A new schema NAME with an InnoDB table of ROWS rows of WIDTH bytes."""
@@ -149,9 +150,10 @@ class MyObjects:
         self.insert(schema, table, rows, width)
 
     def insert(self, schema: str, table: str, rows: int, width: int = 100) -> None:
+        into = f"{quote(schema)}.{quote(table)}".replace("%", "%%")  # the driver formats with %
         with self.admin.cursor() as cursor:
             cursor.executemany(
-                f"INSERT INTO {quote(schema)}.{quote(table)} (v) VALUES (%s)",
+                f"INSERT INTO {into} (v) VALUES (%s)",
                 [("v" * width,)] * rows,
             )
 
@@ -162,6 +164,17 @@ class MyObjects:
             (schema,),
         ):
             self.execute(f"ANALYZE TABLE {quote(schema)}.{quote(table)}")
+
+    def table_names(self, schema: str) -> set[str]:
+        """SCHEMA's tables (and sequences), views aside."""
+        return {
+            name
+            for (name,) in self.execute(
+                "SELECT TABLE_NAME FROM information_schema.TABLES"
+                " WHERE TABLE_SCHEMA = %s AND TABLE_TYPE <> 'VIEW'",
+                (schema,),
+            )
+        }
 
     def size(self, schema: str) -> int:
         """The server's own SUM(DATA_LENGTH + INDEX_LENGTH) of SCHEMA, as it stands."""
