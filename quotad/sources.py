@@ -7,10 +7,13 @@ from apscheduler.triggers.cron import CronTrigger
 from scanners.base import Scanner
 from scanners.maildir import MaildirScanner
 from scanners.mailman import MailmanScanner
+from scanners.mysql import MysqlScanner
+from scanners.postgres import PostgresScanner
 from scanners.tree import TreeScanner
 
 SCANNERS: dict[str, type[Scanner]] = {
-    cls.kind: cls for cls in (TreeScanner, MaildirScanner, MailmanScanner)
+    cls.kind: cls
+    for cls in (TreeScanner, MaildirScanner, MailmanScanner, PostgresScanner, MysqlScanner)
 }
 
 # Every resource kind of the contract, including those whose scanners are
