@@ -64,6 +64,8 @@ DEFAULT_PORT = 3306
 SYSTEM_SCHEMAS = frozenset({"information_schema", "performance_schema", "mysql", "sys"})
 STATISTICS = ("analyze", "cached", "files")
 
+_MAX_TIMEOUT = 365 * 86400
+
 # Tables per ANALYZE statement: one round trip for many, while a statement
 # still finishes well within the timeout.
 _ANALYZE_BATCH = 50
@@ -76,6 +78,7 @@ _STATEMENT_TIMEOUT = 1969
 _TIMED_OUT = "timed out"
 
 _LIST_SCHEMAS_SQL = "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA"
+_VISIBILITY_SQL = "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = 'mysql'"
 _FOLDERS_SQL = (
     "SELECT SCHEMA_NAME, CAST(CONVERT(SCHEMA_NAME USING filename) AS BINARY)"
     " FROM information_schema.SCHEMATA"
@@ -199,6 +202,8 @@ class MysqlScanner(Scanner):
         if datadir is not None and statistics != "files":
             raise OptionError("datadir", 'only applies with statistics = "files"')
         seconds = timeout(reader)
+        if seconds > _MAX_TIMEOUT:
+            raise OptionError("timeout", "must be at most 365d")  # PyMySQL's own limit
         reader.finish()
         return cls(
             name,
@@ -334,6 +339,15 @@ class MysqlScanner(Scanner):
             # The server stops work the client no longer waits for.
             session.query(
                 "setting up the session", "SET SESSION max_statement_time = %s", (self.timeout,)
+            )
+        # information_schema leaves out, without a word, whatever the account
+        # has no privilege on, which would under-charge. An account that sees
+        # the mysql schema's tables holds SELECT on *.* (or a role with it).
+        ((visible,),) = session.query("checking the account's privileges", _VISIBILITY_SQL)
+        if not visible:
+            raise SourceError(
+                f"{self.server.label}: the account cannot see every table, so sizes would be "
+                "too small: grant it SELECT ON *.*"
             )
         rows = session.query("listing the schemas", _LIST_SCHEMAS_SQL)
         return sorted(

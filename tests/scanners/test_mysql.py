@@ -315,31 +315,65 @@ def test_grants_rule_charges_the_one_account_holding_the_schema(mariadb: MyObjec
     assert detail(items[odds]) == {"unattributed": f"the account 'Odd{t}' is not a member name"}
 
 
-def test_grants_rule_needs_to_see_every_grant(mariadb: MyObjects) -> None:
+def test_an_account_that_cannot_see_every_table_fails_the_source(mariadb: MyObjects) -> None:
     t = tag()
-    mariadb.execute("CREATE USER %s@'%%' IDENTIFIED BY 'hunter2secret'", (f"weak{t}",))
-    mariadb.accounts.append((f"weak{t}", "%"))
-    mariadb.grant("SELECT", f"m{t}\\_%", f"weak{t}")
-    dsn = f"mysql://weak{t}:hunter2secret@{MYSQL_HOST}:{MYSQL_PORT}/"
+    weak = mariadb.account(f"weak{t}")
+    mariadb.grant("SELECT", f"m{t}\\_%", weak)
     mariadb.schema(f"m{t}_x", rows=1)
+    dsn = f"mysql://{weak}@{MYSQL_HOST}:{MYSQL_PORT}/"
 
     with pytest.raises(SourceError) as caught:
-        scan(set(), dsn=dsn, member_from="grants", statistics="cached")
+        scan(set(), dsn=dsn, statistics="cached")
     assert str(caught.value) == (
-        f"MySQL {MYSQL_HOST}:{MYSQL_PORT}: reading grants: SELECT command denied to user "
-        f"'weak{t}'@'{MYSQL_HOST}' for table `mysql`.`db`: member_from = \"grants\" needs SELECT "
-        "on the mysql schema, to see every grant"
+        f"MySQL {MYSQL_HOST}:{MYSQL_PORT}: the account cannot see every table, so sizes would "
+        "be too small: grant it SELECT ON *.*"
     )
+
+    # A role holding SELECT on *.* is as good as the grant itself.
+    role = f"reader{t}"
+    mariadb.execute(f"CREATE ROLE {quote(role)}")
+    mariadb.accounts.append((role, ""))
+    mariadb.execute(f"GRANT SELECT ON *.* TO {quote(role)}")
+    mariadb.execute(f"GRANT {quote(role)} TO %s@'%%'", (weak,))
+    mariadb.execute(f"SET DEFAULT ROLE {quote(role)} FOR %s@'%%'", (weak,))
+    assert set(scan({f"m{t}_x"}, dsn=dsn, statistics="cached")) == {f"m{t}_x"}
+
+
+def test_analyze_and_grants_say_which_privilege_is_missing(mariadb: MyObjects) -> None:
+    t = tag()
+    user = f"reader{t}"
+    mariadb.execute("CREATE USER %s@'%%' IDENTIFIED BY 'hunter2secret'", (user,))
+    mariadb.accounts.append((user, "%"))
+    mariadb.execute("GRANT SELECT ON *.* TO %s@'%%'", (user,))
+    mariadb.schema(f"m{t}_x", rows=1)
+    dsn = f"mysql://{user}:hunter2secret@{MYSQL_HOST}:{MYSQL_PORT}/"
 
     with pytest.raises(SourceError) as caught:
         scan(set(), dsn=dsn)
     message = str(caught.value)
     assert message.startswith(f"MySQL {MYSQL_HOST}:{MYSQL_PORT}: ANALYZE TABLE in schema ")
+    assert f"INSERT command denied to user '{user}'@'{MYSQL_HOST}'" in message
     assert message.endswith(
         "ANALYZE TABLE needs the SELECT and INSERT privileges on every table; grant them to "
         'the scanner\'s account, or set statistics = "cached"'
     )
     assert "hunter2secret" not in message
+
+    # Seeing some of the mysql schema is not seeing every grant.
+    narrow = mariadb.account(f"narrow{t}")
+    mariadb.execute("GRANT SELECT ON mysql.user TO %s@'%%'", (narrow,))
+    with pytest.raises(SourceError) as caught:
+        scan(
+            set(),
+            dsn=f"mysql://{narrow}@{MYSQL_HOST}:{MYSQL_PORT}/",
+            member_from="grants",
+            statistics="cached",
+        )
+    assert str(caught.value) == (
+        f"MySQL {MYSQL_HOST}:{MYSQL_PORT}: reading grants: SELECT command denied to user "
+        f"'{narrow}'@'{MYSQL_HOST}' for table `mysql`.`db`: member_from = \"grants\" needs "
+        "SELECT on the mysql schema, to see every grant"
+    )
 
 
 # A server that cannot be used
@@ -430,6 +464,7 @@ def test_a_server_that_never_answers_times_out(silent_server: SilentServer) -> N
         ),
         ({"members": {"db": "No"}}, "members.db", "must be a member name"),
         ({"timeout": "0"}, "timeout", "must be more than 0 seconds"),
+        ({"timeout": "53w"}, "timeout", "must be at most 365d"),
         ({"tiemout": "5s"}, "tiemout", "unknown key"),
     ],
 )
