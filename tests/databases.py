@@ -116,6 +116,7 @@ class MyObjects:
         self.admin = admin
         self.schemas: list[str] = []
         self.accounts: list[tuple[str, str]] = []
+        self.roles: list[str] = []
 
     def execute(self, query: str, args: object = None) -> list[tuple[Any, ...]]:
         with self.admin.cursor() as cursor:
@@ -126,6 +127,12 @@ class MyObjects:
         self.execute("CREATE USER %s@%s", (user, host))
         self.accounts.append((user, host))
         return user
+
+    def role(self, name: str) -> str:
+        """A new MariaDB role NAME."""
+        self.execute(f"CREATE ROLE {quote(name)}")
+        self.roles.append(name)
+        return name
 
     def grant(self, privileges: str, pattern: str, user: str, host: str = "%") -> None:
         """GRANT PRIVILEGES ON `PATTERN`.* (the test's own text) to USER@HOST."""
@@ -194,6 +201,8 @@ class MyObjects:
             self.execute(f"DROP DATABASE IF EXISTS {quote(name)}")
         for user, host in self.accounts:
             self.execute("DROP USER IF EXISTS %s@%s", (user, host))
+        for role in self.roles:
+            self.execute(f"DROP ROLE IF EXISTS {quote(role)}")
 
 
 def quote(identifier: str) -> str:

@@ -268,9 +268,7 @@ def test_grants_rule_charges_the_one_account_holding_the_schema(mariadb: MyObjec
     operator = mariadb.account(f"operator{t}")
     mariadb.execute("GRANT SELECT ON *.* TO %s@'%%'", (operator,))  # administrative
     odd = mariadb.account(f"Odd{t}")
-    role = f"role{t}"
-    mariadb.execute(f"CREATE ROLE {quote(role)}")
-    mariadb.accounts.append((role, ""))
+    role = mariadb.role(f"role{t}")
 
     solo = mariadb.schema(f"solo{t}", rows=10)
     mariadb.grant("ALL PRIVILEGES", f"solo{t}", alice)
@@ -330,9 +328,7 @@ def test_an_account_that_cannot_see_every_table_fails_the_source(mariadb: MyObje
     )
 
     # A role holding SELECT on *.* is as good as the grant itself.
-    role = f"reader{t}"
-    mariadb.execute(f"CREATE ROLE {quote(role)}")
-    mariadb.accounts.append((role, ""))
+    role = mariadb.role(f"reader{t}")
     mariadb.execute(f"GRANT SELECT ON *.* TO {quote(role)}")
     mariadb.execute(f"GRANT {quote(role)} TO %s@'%%'", (weak,))
     mariadb.execute(f"SET DEFAULT ROLE {quote(role)} FOR %s@'%%'", (weak,))
