@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from apscheduler.triggers.cron import CronTrigger
 
+from scanners.afs import AfsScanner
 from scanners.base import Scanner
 from scanners.maildir import MaildirScanner
 from scanners.mailman import MailmanScanner
@@ -13,7 +14,14 @@ from scanners.tree import TreeScanner
 
 SCANNERS: dict[str, type[Scanner]] = {
     cls.kind: cls
-    for cls in (TreeScanner, MaildirScanner, MailmanScanner, PostgresScanner, MysqlScanner)
+    for cls in (
+        TreeScanner,
+        MaildirScanner,
+        MailmanScanner,
+        PostgresScanner,
+        MysqlScanner,
+        AfsScanner,
+    )
 }
 
 # Every resource kind of the contract, including those whose scanners are
