@@ -16,8 +16,12 @@ DEMO := var/demo
 # What the tests use from Debian: du (the benchmark's baseline), mount (a
 # second filesystem inside a scanned tree), pg_isready/psql (the ledger tests),
 # dovecot/doveadm (the oracle for the maildir scanner's message counts; the
-# tests run it from a config of their own, never the system's service).
-DEBIAN_PACKAGES := coreutils util-linux findutils postgresql-client dovecot-core
+# tests run it from a config of their own, never the system's service),
+# OpenAFS's servers and vos/afsio/pts (tests/afs_cell.py starts a -noauth
+# test cell on loopback for the afs scanner; never openafs-modules-dkms: no
+# kernel client is needed).
+DEBIAN_PACKAGES := coreutils util-linux findutils postgresql-client dovecot-core \
+	openafs-fileserver openafs-dbserver openafs-client
 
 .PHONY: run test lint typecheck importlint pytest deps system-deps services mailman-env bench clean
 

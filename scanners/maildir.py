@@ -23,10 +23,11 @@ scan re-lists only those whose identity, mtime or ctime changed. Everything
 else (the Maildir itself and each folder, with Dovecot's index files, `tmp/`,
 anything unexpected) is listed and stat'ed on every scan, since files there
 change in place; only a directory that was empty and has not changed since
-(most `tmp/` folders) is not opened again. A directory changed within `_SETTLE_NS` of the scan's start
-is never summarised: a second change within the clock's granularity would
-leave its times as they were. The cache is a private file in the scan's
-state folder; a damaged, foreign or outdated one is ignored and rebuilt.
+(most `tmp/` folders) is not opened again. A directory changed within
+`_SETTLE_NS` of the scan's start is never summarised: a second change within
+the clock's granularity would leave its times as they were. The cache is a
+private file in the scan's state folder; a damaged, foreign or outdated one
+is ignored and rebuilt.
 """
 
 from __future__ import annotations
