@@ -19,9 +19,9 @@ DEMO := var/demo
 # tests run it from a config of their own, never the system's service),
 # OpenAFS's servers and vos/afsio/pts (tests/afs_cell.py starts a -noauth
 # test cell on loopback for the afs scanner; never openafs-modules-dkms: no
-# kernel client is needed).
+# kernel client is needed), mariadb-admin (to see that MariaDB answers).
 DEBIAN_PACKAGES := coreutils util-linux findutils postgresql-client dovecot-core \
-	openafs-fileserver openafs-dbserver openafs-client
+	openafs-fileserver openafs-dbserver openafs-client mariadb-client
 
 .PHONY: run test lint typecheck importlint pytest deps system-deps services mailman-env bench clean
 
@@ -83,14 +83,20 @@ system-deps:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-# The ledger tests need PostgreSQL on 127.0.0.1:5432; start the local cluster
-# if it is installed but stopped.
+# The ledger and database-scanner tests need PostgreSQL on 127.0.0.1:5432 and
+# MariaDB on 127.0.0.1:3306; start either if it is installed but stopped.
 services: system-deps
 	@if ! pg_isready -q -h 127.0.0.1 -p 5432; then \
 	  if command -v pg_ctlcluster >/dev/null; then \
 	    for v in $$(ls /etc/postgresql 2>/dev/null); do pg_ctlcluster --skip-systemctl-redirect $$v main start || true; done; \
 	  fi; \
 	  for i in $$(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done; \
+	fi
+	@if ! mariadb-admin -h 127.0.0.1 -u root --connect-timeout=2 ping >/dev/null 2>&1; then \
+	  if [ -x /usr/sbin/mariadbd ]; then \
+	    start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd || true; \
+	  fi; \
+	  for i in $$(seq 1 30); do mariadb-admin -h 127.0.0.1 -u root --connect-timeout=2 ping >/dev/null 2>&1 && break; sleep 1; done; \
 	fi
 
 clean:
