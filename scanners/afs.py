@@ -90,31 +90,36 @@ class VolumeEntry:
     filecount: int | None = None
 
 
-def parse_listing(text: str) -> list[VolumeEntry]:
-    """Every entry of `vos listvol -format` output; ListingError if it is anything else.
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """What one `vos listvol -format` printed: its partitions' headers, then every entry."""
+
+    partitions: tuple[str, ...]
+    entries: list[VolumeEntry]
+
+
+def parse_listing(text: str) -> Listing:
+    """The partitions and entries of `vos listvol -format` output; ListingError otherwise.
 
     Each partition's header announces how many entries follow, so output
-    cut short is caught even at an entry boundary.
+    cut short is caught even at an entry boundary. Output without any
+    header (vos prints one per partition, even an empty one) is refused.
     """
     entries: list[VolumeEntry] = []
+    partitions: list[str] = []
     partition: str | None = None
     expected = 0
     seen = 0
     fields: dict[str, str] | None = None
-    for number, line in enumerate(text.split("\n"), 1):
+    for number, line in enumerate(_lines(text), 1):
         if fields is not None:
-            if line == "END_OF_ENTRY":
-                assert partition is not None  # an entry only opens inside a section
-                entries.append(_entry(fields, partition, number))
-                seen += 1
-                fields = None
+            if line != "END_OF_ENTRY":
+                _add_field(fields, line, number)
                 continue
-            key, tab, value = line.partition("\t")
-            if not tab or not key or key in fields or key == "BEGIN_OF_ENTRY":
-                raise ListingError(
-                    f"line {number}: expected a field or END_OF_ENTRY, got {_clip(line)}"
-                )
-            fields[key] = value.lstrip("\t")
+            assert partition is not None  # an entry only opens inside a section
+            entries.append(_entry(fields, partition, number))
+            seen += 1
+            fields = None
         elif line == "BEGIN_OF_ENTRY":
             if partition is None:
                 raise ListingError(f"line {number}: an entry before any partition header")
@@ -122,12 +127,32 @@ def parse_listing(text: str) -> list[VolumeEntry]:
         elif header := _HEADER_RE.match(line):
             _check_count(partition, expected, seen)
             partition, expected, seen = header["partition"], int(header["count"]), 0
+            partitions.append(partition)
         elif line.strip():
             raise ListingError(f"line {number}: unexpected {_clip(line)}")
     if fields is not None:
         raise ListingError("the output ends inside an entry")
+    if partition is None:
+        raise ListingError("no partition header (empty output?)")
     _check_count(partition, expected, seen)
-    return entries
+    return Listing(tuple(partitions), entries)
+
+
+def _lines(text: str) -> list[str]:
+    """TEXT's lines. Not splitlines(): a name may hold any byte but a newline."""
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # what follows the last newline
+    return lines
+
+
+def _add_field(fields: dict[str, str], line: str, number: int) -> None:
+    """Add LINE, a `key<TAB>value` line of an entry, to FIELDS; ListingError otherwise."""
+    key, tab, value = line.partition("\t")
+    if not tab or not key or key in fields:
+        raise ListingError(f"line {number}: expected a field or END_OF_ENTRY, got {_clip(line)}")
+    # The value starts after the tabs that align it.
+    fields[key] = value.lstrip("\t")
 
 
 def _clip(line: str) -> str:
@@ -362,12 +387,6 @@ class AfsScanner(Scanner):
     def _listing(self, server: str, partition: str | None) -> list[VolumeEntry]:
         args = ["listvol", server, *([f"/vicep{partition}"] if partition else []), "-format"]
         text = self._run(args, f"server {server}")
-        try:
-            entries = parse_listing(text)
-        except ListingError as exc:
-            raise SourceError(
-                f"{self._show(args)}: unexpected output from {server}: {exc}"
-            ) from None
         if partition is None and not text.strip():
             # No partition at all: its disks not mounted, say. Taking that
             # for "no volumes" would charge every member 0.
@@ -375,7 +394,18 @@ class AfsScanner(Scanner):
                 f"{self._show(args)}: server {server} reports no partitions; "
                 "list the partitions to measure in `partitions`"
             )
-        return entries
+        try:
+            listing = parse_listing(text)
+        except ListingError as exc:
+            raise SourceError(
+                f"{self._show(args)}: unexpected output from {server}: {exc}"
+            ) from None
+        if partition is not None and listing.partitions != (f"/vicep{partition}",):
+            raise SourceError(
+                f"{self._show(args)}: asked for /vicep{partition}, {server} listed "
+                f"{', '.join(listing.partitions)}"
+            )
+        return listing.entries
 
     def _show(self, args: Sequence[str]) -> str:
         return shlex.join([self.vos, *args, *self.vos_args])
