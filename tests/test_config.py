@@ -270,3 +270,20 @@ def test_env_errors_name_the_variable(
     err = capsys.readouterr().err
     assert "server.port" in err
     assert "$QUOTAD_SERVER" in err
+
+
+def test_the_contracts_example_parses_as_written(cwd: Path) -> None:
+    # tests/data/interface-example.toml is the configuration example of
+    # INTERFACE.md, copied verbatim: what users will paste first.
+    example = Path(__file__).parent / "data" / "interface-example.toml"
+    settings = load_settings(example, environ={})
+    assert [(s.name, s.kind, s.resource_kind) for s in settings.sources] == [
+        ("mail", "maildir", "maildir"),
+        ("homes", "tree", "tree"),
+        ("afs", "afs", "afs_volume"),
+        ("pg", "postgres", "postgres_database"),
+        ("mysql", "mysql", "mysql_database"),
+        ("lists", "mailman", "mailman_archive"),
+    ]
+    assert settings.quota_defaults["maildir"].soft_bytes == 2 * 1024**3
+    assert settings.sources[0].schedule == "0 */6 * * *"
