@@ -55,6 +55,7 @@ pytest: deps services mailman-env
 bench: deps
 	$(BIN)/python bench/tree_scan.py
 	$(BIN)/python bench/maildir_scan.py
+	$(BIN)/python bench/afs_listing.py
 
 deps: system-deps $(STAMP)
 
