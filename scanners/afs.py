@@ -65,6 +65,8 @@ _VLDB_ID_RE = re.compile(r"\b(RWrite|ROnly|Backup|RClone):\s*(\d+)")
 _EXCERPT_LINES = 3
 _EXCERPT_CHARS = 300
 _CLIP_CHARS = 80
+# How many busy volume IDs an error about the VLDB names.
+_SHOWN_IDS = 5
 
 
 class ListingError(ValueError):
@@ -337,7 +339,10 @@ class AfsScanner(Scanner):
 
     def _item(self, volume: str, found: list[_Copy]) -> ScanItem:
         member = self.member_for(volume)
-        distinct = list({copy.identity: copy for copy in reversed(found)}.values())[::-1]
+        by_identity: dict[tuple[str, str, int], _Copy] = {}
+        for copy in found:
+            by_identity.setdefault(copy.identity, copy)
+        distinct = list(by_identity.values())
         if len(distinct) > 1:
             sites = ", ".join(f"ID {c.entry.id} on {c.where}" for c in distinct)
             return ResourceFailure(
@@ -347,7 +352,7 @@ class AfsScanner(Scanner):
                 f"volume listed {len(distinct)} times ({sites}); cannot tell which copy "
                 "is the volume (a vos move in progress?)",
             )
-        copy = distinct[0]
+        (copy,) = distinct
         entry = copy.entry
         if entry.status != "OK":
             return ResourceFailure(member, self.resource_kind, volume, _not_ok(copy))
@@ -368,21 +373,23 @@ class AfsScanner(Scanner):
         self, nameless: list[_Copy], copies: dict[str, list[_Copy]]
     ) -> list[ScanItem]:
         """File each nameless (busy) copy under its VLDB name; failures for the unknown ones."""
-        vldb = parse_vldb(self._run(["listvldb", "-quiet"], "the VLDB"))
-        unknown: list[ScanItem] = []
+        ids = sorted({copy.entry.id for copy in nameless})
+        shown = ", ".join(map(str, ids[:_SHOWN_IDS])) + (", ..." if len(ids) > _SHOWN_IDS else "")
+        vldb = parse_vldb(self._run(["listvldb", "-quiet"], f"the VLDB (to name volumes {shown})"))
+        unknown: dict[str, ScanItem] = {}
         for copy in nameless:
             named = vldb.get(copy.entry.id)
             if named is None:
                 # Not in the VLDB: a volume being created or restored, or an
                 # orphan. No name to keep a value under; shown, not dropped.
+                # Parentheses cannot occur in a VLDB name.
+                name = f"(volume {copy.entry.id})"
                 error = f"{_not_ok(copy)}, and the VLDB does not know it: its name is unknown"
-                unknown.append(
-                    ResourceFailure(None, self.resource_kind, f"(volume {copy.entry.id})", error)
-                )
+                unknown.setdefault(name, ResourceFailure(None, self.resource_kind, name, error))
             elif named[1] == "RWrite":
                 copies.setdefault(named[0], []).append(copy)
             # A busy clone (read-only, backup, a release's clone) is not counted anyway.
-        return unknown
+        return list(unknown.values())
 
     def _listing(self, server: str, partition: str | None) -> list[VolumeEntry]:
         args = ["listvol", server, *([f"/vicep{partition}"] if partition else []), "-format"]
