@@ -17,7 +17,7 @@ and undone from its journal by the next run. Anything else on those ports
 or paths (a real AFS server on this host) makes the tests skip, or fail
 under CI, and is never touched.
 
-Facts learned on the way (see also ../afs in the design notes):
+Facts learned on the way:
 - `vos` refuses servers on 127.0.x.x ("not found in host table"), so the
   file and volume servers bind FS_ADDR; ubik takes the database servers'
   address from the host name, which must therefore resolve to 127/8.
@@ -42,7 +42,7 @@ import struct
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,6 +75,9 @@ ETC_FILES = tuple(
 # Outside the cell's folder: pytest deletes old temporary folders, and the
 # journal must outlive a killed run to undo it.
 JOURNAL = Path("/var/lib/openafs/quotad-test-cell.json")
+# A file in a test cell's folder: a fixed path linking there is a test's.
+# The second is the shell scripts' this fixture was ported from.
+CELL_MARKERS = (".quotad-afs-test-cell", ".afs-test-cell")
 # In start order; stopped in reverse, the volume server first (as bos does).
 SERVERS = ("ptserver", "vlserver", "salvageserver", "dafileserver", "davolserver")
 # SIGTERM leaves the file server running; SIGQUIT is its clean shutdown.
@@ -112,8 +115,9 @@ def host_address() -> str:
     address = str(infos[0][4][0])
     if not address.startswith("127."):
         raise AfsCellError(
-            f"the host name resolves to {address}, not a loopback address: the -noauth "
-            "database servers would listen on the network (ubik binds that address)"
+            f"the host name {socket.gethostname()!r} resolves to {address}, not a loopback "
+            "address, and ubik binds the database servers to it: a -noauth cell would "
+            "listen on the network. Map the name to 127.0.1.1 in /etc/hosts, as Debian does"
         )
     return address
 
@@ -294,8 +298,18 @@ class AfsCell:
     @staticmethod
     def _was(path: Path) -> str:
         """How PATH is before the cell takes it; AfsCellError if it is in real use."""
-        if path.is_symlink() or not path.exists():
-            # A symbolic link of a cell whose journal is gone: ours to replace.
+        if path.is_symlink():
+            # Left by a test cell whose journal is gone (or by the shell
+            # scripts this fixture was ported from): ours to replace. A link
+            # anywhere else may be a real server's partition.
+            target = path.readlink()
+            if not any((target.parent / marker).exists() for marker in CELL_MARKERS):
+                raise AfsCellError(
+                    f"{path} is a symbolic link to {target}, not into a test cell: "
+                    "is this host a real AFS server?"
+                )
+            return "absent"
+        if not path.exists():
             return "absent"
         if path.is_dir() and not any(path.iterdir()):
             return f"dir:{stat.S_IMODE(path.stat().st_mode):o}"
@@ -306,6 +320,7 @@ class AfsCell:
             shutil.rmtree(self.dir)
         for sub in ("etc", "db", "local", "logs", *(f"vicep{p}" for p in self.partitions)):
             (self.dir / sub).mkdir(parents=True, mode=0o700)
+        (self.dir / CELL_MARKERS[0]).touch()
         (self.etc / "ThisCell").write_text(f"{CELL}\n")
         (self.etc / "CellServDB").write_text(
             f">{CELL} #quotad test cell\n{self.db_addr} #{socket.gethostname()}\n"
@@ -390,7 +405,7 @@ class AfsCell:
         result = self.vos("listaddrs", check=False)
         return self.fs_addr in result.splitlines()
 
-    def _wait(self, what: str, ready: Any) -> None:
+    def _wait(self, what: str, ready: Callable[[], bool]) -> None:
         deadline = time.monotonic() + START_WITHIN
         while time.monotonic() < deadline:
             dead = [n for n, p in self.processes.items() if p.poll() is not None]
