@@ -427,7 +427,7 @@ class AfsScanner(Scanner):
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                # vos's messages in English, its dates as the parser expects.
+                # vos's messages (quoted in errors) in English, whatever the locale.
                 env={**os.environ, "LC_ALL": "C"},
                 # Its own process group, so that a timeout kills whatever
                 # it started too: a child left holding the pipes would hang
