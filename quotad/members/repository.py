@@ -8,7 +8,11 @@ from collections.abc import Iterable, Sequence
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
+from quotad.db import table_of
 from quotad.members.models import Member
+
+# Members created in bulk (a first scan can find thousands) skip the ORM.
+_MEMBERS = table_of(Member)
 
 
 class MemberRepository:
@@ -40,7 +44,7 @@ class MemberRepository:
         if not names:
             return {}
         rows = self.session.execute(
-            insert(Member).returning(Member.id, Member.name),
+            insert(_MEMBERS).returning(_MEMBERS.c.id, _MEMBERS.c.name),
             [{"name": n, "created_at": now} for n in names],
         )
         return {name: id_ for id_, name in rows}

@@ -7,7 +7,6 @@ from collections.abc import Collection, Sequence
 
 from sqlalchemy.orm import Session
 
-from quotad.audit.models import AuditEntry
 from quotad.audit.repository import AuditRepository
 from quotad.audit.service import AuditService
 from quotad.db import utcnow
@@ -128,16 +127,16 @@ class MemberService:
         if missing and auto_register:
             now = utcnow()
             result.update(self.repo.create_many(missing, now))
-            AuditRepository(self.repo.session).add_many(
+            AuditRepository(self.repo.session).add_rows(
                 [
-                    AuditEntry(
-                        at=now,
-                        actor=self.actor,
-                        action="member.auto_register",
-                        subject=f"member:{n}",
-                        reason=f"first seen by source {source!r}",
-                        detail=None,
-                    )
+                    {
+                        "at": now,
+                        "actor": self.actor,
+                        "action": "member.auto_register",
+                        "subject": f"member:{n}",
+                        "reason": f"first seen by source {source!r}",
+                        "detail": None,
+                    }
                     for n in missing
                 ]
             )
