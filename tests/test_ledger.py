@@ -272,6 +272,38 @@ def test_current_usage_rebuilds_from_the_samples(ledger: Ledger) -> None:
     assert count(ledger, MeasurementFailure) == 2
 
 
+def test_scans_in_the_same_second_count_in_the_order_they_were_recorded(
+    ledger: Ledger,
+) -> None:
+    # Scan times are whole seconds: two scans of one source can share one.
+    record(ledger, scan(T0, [m("alice", 10), m("bob", 20), m("carol", 30)]))
+    # The later one is authoritative all the same: bob has gone.
+    record(ledger, scan(T0, [m("alice", 11), m("carol", 31)]))
+    assert current(ledger) == {"alice": (11, 1, "alice", None), "carol": (31, 1, "carol", None)}
+    # A failure in that second is shown, over the value it keeps.
+    record(ledger, scan(T0, [m("alice", 12)], [ResourceFailure("carol", "tree", "carol", "busy")]))
+    assert current(ledger) == {
+        "alice": (12, 1, "alice", None),
+        "carol": (31, 1, "carol", "busy"),
+    }
+    # And a measurement after it, still in that second, clears it.
+    record(ledger, scan(T0, [m("alice", 13), m("carol", 32)]))
+    assert current(ledger) == {"alice": (13, 1, "alice", None), "carol": (32, 1, "carol", None)}
+    record(ledger, scan(T0, [m("alice", 14)], [ResourceFailure("carol", "tree", "carol", "again")]))
+    live = current(ledger)
+
+    with session_scope(ledger.engine, write=True) as session:
+        LedgerService(session).rebuild_current_usage()
+    assert (
+        current(ledger)
+        == live
+        == {
+            "alice": (14, 1, "alice", None),
+            "carol": (32, 1, "carol", "again"),
+        }
+    )
+
+
 def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path}/new/ledger.db")
     try:

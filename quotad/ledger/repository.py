@@ -190,8 +190,10 @@ class LedgerRepository:
         stmt = stmt.on_conflict_do_update(
             index_elements=[cur.resource_id],
             set_={"error": new.error, "error_at": new.error_at},
+            # A failure in the same second as the last value is newer: scans
+            # are recorded in the order they finish.
             where=and_(
-                or_(cur.measured_at.is_(None), cur.measured_at < new.error_at),
+                or_(cur.measured_at.is_(None), cur.measured_at <= new.error_at),
                 or_(cur.error_at.is_(None), cur.error_at <= new.error_at),
             ),
         )
@@ -201,8 +203,11 @@ class LedgerRepository:
     def clear_current(self) -> None:
         self.session.execute(delete(CurrentUsage))
 
-    def latest_samples(self) -> Sequence[Row[tuple[UsageSample, int]]]:
-        """The newest sample of every resource (ties broken by id), with its source."""
+    def latest_samples(self) -> Sequence[Row[tuple[UsageSample, int, dt.datetime]]]:
+        """The newest sample of every resource, with its source and when it was recorded.
+
+        Ties (two scans in one second) go to the one inserted last.
+        """
         ranked = select(
             UsageSample.id,
             func.row_number()
@@ -213,14 +218,15 @@ class LedgerRepository:
             .label("rank"),
         ).subquery()
         query = (
-            select(UsageSample, Resource.source_id)
+            select(UsageSample, Resource.source_id, Scan.recorded_at)
             .join(ranked, and_(ranked.c.id == UsageSample.id, ranked.c.rank == 1))
             .join(Resource, Resource.id == UsageSample.resource_id)
+            .join(Scan, Scan.id == UsageSample.scan_id)
         )
         return self.session.execute(query).all()
 
-    def latest_failures(self) -> Sequence[Row[tuple[MeasurementFailure, int]]]:
-        """The newest failure of every resource, with its source."""
+    def latest_failures(self) -> Sequence[Row[tuple[MeasurementFailure, int, dt.datetime]]]:
+        """The newest failure of every resource, with its source and when it was recorded."""
         ranked = select(
             MeasurementFailure.id,
             func.row_number()
@@ -231,9 +237,10 @@ class LedgerRepository:
             .label("rank"),
         ).subquery()
         query = (
-            select(MeasurementFailure, Resource.source_id)
+            select(MeasurementFailure, Resource.source_id, Scan.recorded_at)
             .join(ranked, and_(ranked.c.id == MeasurementFailure.id, ranked.c.rank == 1))
             .join(Resource, Resource.id == MeasurementFailure.resource_id)
+            .join(Scan, Scan.id == MeasurementFailure.scan_id)
         )
         return self.session.execute(query).all()
 

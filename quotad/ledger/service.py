@@ -256,16 +256,17 @@ class LedgerService:
             for rid, present, measured_at in self.repo.current_for_source(source_id)
             if present
             and rid not in seen
-            # A scan arriving late never erases what a newer scan found.
-            and (measured_at is None or measured_at < scan.finished_at)
+            # A scan arriving late never erases what a newer scan found; one
+            # in the same second as the last is recorded after it, so it is newer.
+            and (measured_at is None or measured_at <= scan.finished_at)
         ]
 
     def rebuild_current_usage(self) -> int:
         """Derive current_usage again from the samples and failures alone."""
         self.repo.clear_current()
         latest = {
-            sample.resource_id: (sample, source_id)
-            for sample, source_id in self.repo.latest_samples()
+            sample.resource_id: (sample, source_id, recorded_at)
+            for sample, source_id, recorded_at in self.repo.latest_samples()
         }
         self.repo.apply_samples_to_current(
             [
@@ -279,17 +280,22 @@ class LedgerService:
                     "present": s.present,
                     "detail": s.detail,
                 }
-                for s, source_id in latest.values()
+                for s, source_id, _ in latest.values()
             ]
         )
         failures = []
-        for failure, source_id in self.repo.latest_failures():
-            sample = latest.get(failure.resource_id)
+        for failure, source_id, recorded_at in self.repo.latest_failures():
+            sample, _, sample_recorded_at = latest.get(failure.resource_id, (None, 0, None))
+            if sample is not None and (
+                sample.measured_at > failure.failed_at
+                or (sample.measured_at == failure.failed_at and sample_recorded_at > recorded_at)
+            ):
+                continue  # measured again since: as recording it live left it
             failures.append(
                 {
                     "resource_id": failure.resource_id,
                     "source_id": source_id,
-                    "member_id": sample[0].member_id if sample else failure.member_id,
+                    "member_id": sample.member_id if sample else failure.member_id,
                     "measured_at": None,
                     "bytes": 0,
                     "files": 0,
