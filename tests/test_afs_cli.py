@@ -8,7 +8,6 @@ examine -format` as the oracle for every figure; a fake `vos`
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -72,18 +71,6 @@ def expected(cell: AfsCell, volume: str) -> dict[str, Any]:
 
 def shown(resource: dict[str, Any]) -> dict[str, Any]:
     return {key: resource[key] for key in ("bytes", "files", "detail")}
-
-
-def next_second() -> None:
-    """Wait for the clock's next whole second.
-
-    Scan times are whole seconds, and the ledger lets a scan neither zero a
-    resource nor mark it failed over a measurement of the same second (a
-    late scan must never undo a newer one): two scans the test means to
-    order must not share a second.
-    """
-    now = time.time()
-    time.sleep(math.ceil(now) - now + 0.01)
 
 
 @pytest.mark.real
@@ -159,7 +146,6 @@ def test_scan_report_and_a_failing_vos_keeps_the_earlier_values(
     assert why in out
 
     # vos answers again: the growth shows.
-    next_second()
     run_json(capsys, "--config", str(good), "scan", "--json")
     alice = usage(capsys, good)["alice"]["user.alice"]
     assert shown(alice) == expected(afs, "user.alice")
@@ -177,7 +163,6 @@ def test_a_busy_volume_keeps_its_earlier_value_and_the_rest_counts(
     run_json(capsys, "--config", str(config), "scan", "--json")
     before = usage(capsys, config)["erin"]["user.erin"]
     afs.fill("user.frank", 1 * MB)
-    next_second()
 
     with afs.busy("user.erin") as volume_id:
         code, out, err = run(capsys, "--config", str(config), "scan", "--json")
@@ -207,7 +192,6 @@ def test_a_removed_volume_counts_zero_from_the_next_scan(
     run_json(capsys, "--config", str(config), "scan", "--json")
 
     afs.vos("remove", "-id", "user.gina")
-    next_second()
     (result,) = run_json(capsys, "--config", str(config), "scan", "--json")
 
     assert result["zeroed"] == 1
