@@ -36,3 +36,25 @@ def find_sizes(root: Path) -> tuple[int, int]:
     ).stdout
     inodes = dict(line.split() for line in out.splitlines())
     return sum(int(size) for size in inodes.values()), len(inodes)
+
+
+def report_by_member(
+    capsys: pytest.CaptureFixture[str], config: Path
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Member -> resource name -> resource, from `quotad report --json`.
+
+    Checks on the way that each member's total is the sum of its resources.
+    """
+    report = run_json(capsys, "--config", str(config), "report", "--json")
+    result = {}
+    for entry in report:
+        resources = {r["name"]: r for r in entry["resources"]}
+        assert entry["total"]["bytes"] == sum(r["bytes"] for r in resources.values()), entry
+        result[entry["member"]] = resources
+    return result
+
+
+def unattributed_rows(report_text: str) -> list[list[str]]:
+    """The rows (source, kind, name, bytes, files) of `quotad report`'s unattributed table."""
+    section = report_text.split("unattributed resources:\n", 1)[1].split("\n\n", 1)[0]
+    return [line.split() for line in section.splitlines()[1:]]

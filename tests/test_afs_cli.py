@@ -17,7 +17,7 @@ import pytest
 from tests.afs_cell import AfsCell, afs, afs_cell
 from tests.conftest import Ledger
 from tests.fake_vos import BIG_PATTERN, CAPTURED_SERVER, big_listing, fake_vos
-from tests.helpers import run, run_json
+from tests.helpers import report_by_member, run, run_json, unattributed_rows
 
 __all__ = ["afs", "afs_cell"]  # fixtures, used by name
 
@@ -38,20 +38,12 @@ def source(cell: AfsCell, *, vos: str = "/usr/bin/vos", servers: list[str] | Non
 
 def usage(capsys: pytest.CaptureFixture[str], config: Path) -> dict[str, dict[str, Any]]:
     """Member -> volume -> its resource object, from `quotad report --json`."""
-    report = run_json(capsys, "--config", str(config), "report", "--json")
-    result = {}
-    for entry in report:
-        resources = {r["name"]: r for r in entry["resources"]}
-        assert entry["total"]["bytes"] == sum(r["bytes"] for r in resources.values()), entry
-        result[entry["member"]] = resources
-    return result
+    return report_by_member(capsys, config)
 
 
 def unattributed(report_text: str) -> dict[str, int]:
     """Name -> bytes from the "unattributed resources" table of `quotad report`."""
-    section = report_text.split("unattributed resources:\n", 1)[1].split("\n\n", 1)[0]
-    rows = [line.split() for line in section.splitlines()[1:]]
-    return {row[2]: int(row[3]) for row in rows}
+    return {row[2]: int(row[3]) for row in unattributed_rows(report_text)}
 
 
 def expected(cell: AfsCell, volume: str) -> dict[str, Any]:

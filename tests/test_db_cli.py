@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import Ledger
 from tests.databases import MYSQL_HOST, MYSQL_PORT, MyObjects, PgObjects, mariadb, pg, tag
-from tests.helpers import run, run_json
+from tests.helpers import run, run_json, unattributed_rows
 from tests.mailman_server import free_port
 
 __all__ = ["mariadb", "pg"]  # fixtures, used by name
@@ -46,8 +46,7 @@ def usage(
 
 def unattributed(report_text: str) -> set[tuple[str, str]]:
     """(source, name) of the "unattributed resources" table of `quotad report`."""
-    section = report_text.split("unattributed resources:\n", 1)[1].split("\n\n", 1)[0]
-    return {(row.split()[0], row.split()[2]) for row in section.splitlines()[1:]}
+    return {(row[0], row[2]) for row in unattributed_rows(report_text)}
 
 
 def test_databases_are_charged_and_a_failing_server_keeps_the_earlier_values(

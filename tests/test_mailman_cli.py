@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Ledger
-from tests.helpers import run, run_json
+from tests.helpers import report_by_member, run, run_json, unattributed_rows
 from tests.mailman_server import PASSWORD, MailmanServer, free_port, mailman
 
 __all__ = ["mailman"]  # a fixture, used by name
@@ -30,20 +30,13 @@ def archive(root: Path, name: str, html: int, mbox: int) -> int:
 
 def usage(capsys: pytest.CaptureFixture[str], config: Path) -> dict[str, dict[str, int]]:
     """Member -> resource name -> bytes, from `quotad report --json`."""
-    report = run_json(capsys, "--config", str(config), "report", "--json")
-    result = {}
-    for entry in report:
-        resources = {r["name"]: r["bytes"] for r in entry["resources"]}
-        assert entry["total"]["bytes"] == sum(resources.values()), entry
-        result[entry["member"]] = resources
-    return result
+    report = report_by_member(capsys, config)
+    return {member: {n: r["bytes"] for n, r in rs.items()} for member, rs in report.items()}
 
 
 def unattributed(report_text: str) -> dict[str, int]:
     """Name -> bytes from the "unattributed resources" table of `quotad report`."""
-    section = report_text.split("unattributed resources:\n", 1)[1].split("\n\n", 1)[0]
-    rows = [line.split() for line in section.splitlines()[1:]]
-    return {row[2]: int(row[3]) for row in rows}
+    return {row[2]: int(row[3]) for row in unattributed_rows(report_text)}
 
 
 def test_owners_file_attribution_split_and_unattributed(
