@@ -17,8 +17,22 @@ class Conflict(QuotadError):
     code = "conflict"
 
 
+class Unauthorized(QuotadError):
+    """No credentials, or credentials that are malformed, unknown or revoked."""
+
+    code = "unauthorized"
+
+
 class Forbidden(QuotadError):
+    """Known credentials whose role may not do this."""
+
     code = "forbidden"
+
+
+class TooLarge(QuotadError):
+    """A request body over `[server] max_body`."""
+
+    code = "too_large"
 
 
 class InvalidInput(QuotadError):
