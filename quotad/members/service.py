@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -15,6 +16,12 @@ from quotad.members.models import Member
 from quotad.members.repository import MemberRepository
 from quotad.timeutil import format_time
 from scanners.base import is_member_name
+
+MEMBER_FIELDS = ("email", "joined_at", "left_at")
+
+
+def _field_json(value: Any) -> Any:
+    return format_time(value) if isinstance(value, dt.datetime) else value
 
 
 def check_name(name: str) -> str:
@@ -89,6 +96,46 @@ class MemberService:
             },
         )
         return member
+
+    def put(self, name: str, changes: Mapping[str, Any]) -> tuple[Member, bool]:
+        """Create the member or update it; CHANGES holds only the fields to set.
+
+        Keys are `email`, `joined_at` and `left_at`; None clears a field. The
+        second value says whether the member was created. An update that
+        changes nothing records nothing.
+        """
+        unknown = set(changes) - set(MEMBER_FIELDS)
+        if unknown:
+            raise InvalidInput(f"unknown member fields: {', '.join(sorted(unknown))}")
+        existing = self.repo.get(name)
+        if existing is None:
+            member = self.add(
+                name,
+                email=changes.get("email"),
+                joined_at=changes.get("joined_at"),
+                left_at=changes.get("left_at"),
+            )
+            return member, True
+        email = check_email(changes["email"]) if "email" in changes else existing.email
+        joined_at = changes.get("joined_at", existing.joined_at)
+        left_at = changes.get("left_at", existing.left_at)
+        check_period(joined_at, left_at)
+        after = {"email": email, "joined_at": joined_at, "left_at": left_at}
+        before = {f: getattr(existing, f) for f in MEMBER_FIELDS}
+        changed = {f: after[f] for f in MEMBER_FIELDS if after[f] != before[f]}
+        if changed:
+            for key, value in changed.items():
+                setattr(existing, key, value)
+            self.repo.session.flush()
+            self.audit.record(
+                "member.update",
+                f"member:{name}",
+                detail={
+                    "before": {f: _field_json(before[f]) for f in changed},
+                    "after": {f: _field_json(after[f]) for f in changed},
+                },
+            )
+        return existing, False
 
     def remove(self, name: str, *, now: dt.datetime | None = None) -> Member:
         """Mark the member as gone from now on; every record of them stays."""

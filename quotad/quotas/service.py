@@ -27,6 +27,11 @@ SOFT = "soft"
 GRACE_EXPIRED = "grace_expired"
 HARD = "hard"
 
+# The ledger's integers are signed 64-bit; a grace past a century would only
+# overflow date arithmetic (grace end = crossing time + grace).
+MAX_BYTES = 2**63 - 1
+MAX_GRACE_SECONDS = 100 * 365 * 86400
+
 
 @dataclass(frozen=True, slots=True)
 class QuotaStatus:
@@ -97,6 +102,8 @@ class QuotaService:
             raise InvalidInput("limits cannot be negative")
         if soft > hard:
             raise InvalidInput("the soft limit cannot exceed the hard limit")
+        if hard > MAX_BYTES:
+            raise InvalidInput(f"limits cannot exceed {MAX_BYTES} bytes")
         if not reason.strip():
             raise InvalidInput("a reason is required")
         if grace is None:
@@ -104,6 +111,8 @@ class QuotaService:
             grace = current[0].grace_seconds if current else 7 * 86400
         if grace < 0:
             raise InvalidInput("grace cannot be negative")
+        if grace > MAX_GRACE_SECONDS:
+            raise InvalidInput(f"grace cannot exceed {MAX_GRACE_SECONDS} seconds (100 years)")
         before = self.limits(member).get(scope)
         self.repo.add(
             QuotaOverride(
