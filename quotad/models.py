@@ -1,6 +1,7 @@
 """Every model, imported in one place so the metadata is complete for Alembic."""
 
 from quotad.audit.models import AuditEntry
+from quotad.auth.models import ApiToken
 from quotad.db import Base
 from quotad.ledger.models import (
     CurrentUsage,
@@ -16,6 +17,7 @@ from quotad.quotas.models import QuotaOverride
 metadata = Base.metadata
 
 __all__ = [
+    "ApiToken",
     "AuditEntry",
     "CurrentUsage",
     "MeasurementFailure",
