@@ -22,6 +22,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from quotad import migrate
+from quotad.auth.service import TokenInfo, TokenService
 from quotad.config import Settings, load_settings
 from quotad.db import make_engine, session_scope
 from quotad.demo import write_demo
@@ -390,6 +391,84 @@ def cmd_quota_reset(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# tokens
+
+
+def _token_json(info: TokenInfo) -> dict[str, Any]:
+    return {
+        "id": info.id,
+        "role": info.role,
+        "member": info.member,
+        "sources": None if info.sources is None else list(info.sources),
+        "label": info.label,
+        "created_at": format_time(info.created_at),
+        "created_by": info.created_by,
+        "last_used_at": format_time(info.last_used_at),
+        "revoked_at": format_time(info.revoked_at),
+        "revoked_by": info.revoked_by,
+    }
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    _, engine = _engine(args)
+    role = "member" if args.member is not None else args.role
+    with session_scope(engine, write=True) as session:
+        info, secret = TokenService(session, actor()).create(
+            role=role, member=args.member, sources=args.sources, label=args.label
+        )
+    # The token alone on stdout, so that `quotad token create ... > file` holds
+    # just the secret; everything said about it goes to stderr.
+    what = f"{info.role} token {info.id}"
+    if info.member:
+        what += f" for {info.member}"
+    if info.sources:
+        what += f" (sources {', '.join(info.sources)})"
+    print(f"{what} created; it is shown only this once", file=sys.stderr)
+    print(secret)
+    return EXIT_OK
+
+
+def cmd_token_list(args: argparse.Namespace) -> int:
+    _, engine = _engine(args)
+    with session_scope(engine) as session:
+        tokens = [_token_json(t) for t in TokenService(session, actor()).list()]
+    if args.json:
+        _print_json(tokens)
+    else:
+        print(
+            table(
+                ["id", "role", "member", "sources", "label", "created_at", "last_used", "revoked"],
+                [
+                    [
+                        str(t["id"]),
+                        t["role"],
+                        t["member"] or "-",
+                        ",".join(t["sources"])
+                        if t["sources"] is not None
+                        else ("*" if t["role"] == "scanner" else "-"),
+                        t["label"] or "-",
+                        t["created_at"],
+                        t["last_used_at"] or "-",
+                        t["revoked_at"] or "-",
+                    ]
+                    for t in tokens
+                ],
+                right=(0,),
+            )
+            if tokens
+            else "no tokens"
+        )
+    return EXIT_OK
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    _, engine = _engine(args)
+    with session_scope(engine, write=True) as session:
+        info = TokenService(session, actor()).revoke(args.id)
+    print(f"token {info.id} revoked at {format_time(info.revoked_at)}")
+    return EXIT_OK
+
+
 # demo
 
 
@@ -402,6 +481,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"  quotad --config {config} report"
     )
     return EXIT_OK
+
+
+def _add_token_commands(commands: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
+    token = commands.add_parser("token", help="API tokens").add_subparsers(
+        dest="token_command", required=True, metavar="ACTION"
+    )
+    tcreate = add(token, "create", cmd_token_create, "make an API token and print it, once")
+    twho = tcreate.add_mutually_exclusive_group(required=True)
+    twho.add_argument("--member", metavar="NAME", help="a token acting as this member")
+    twho.add_argument("--role", choices=("portal", "admin", "scanner"))
+    tcreate.add_argument(
+        "--source",
+        dest="sources",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="scanner tokens: a source it may send scans of (repeat; default: any)",
+    )
+    tcreate.add_argument("--label", metavar="L", help="what the token is for")
+    tlist = add(token, "list", cmd_token_list, "every token, revoked ones too; never a secret")
+    tlist.add_argument("--json", action="store_true")
+    trevoke = add(token, "revoke", cmd_token_revoke, "refuse a token from now on")
+    trevoke.add_argument("id", type=int, metavar="ID")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -482,6 +584,8 @@ def build_parser() -> argparse.ArgumentParser:
     qreset.add_argument("member")
     qreset.add_argument("--scope", default="total")
     qreset.add_argument("--reason", default="reset to the default plan")
+
+    _add_token_commands(commands, add)
 
     demo = add(commands, "demo", cmd_demo, "write a demo config and sample data")
     demo.add_argument("dir", nargs="?", default="var/demo", metavar="DIR")

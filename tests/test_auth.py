@@ -20,6 +20,7 @@ from quotad.db import session_scope, utcnow
 from quotad.errors import Conflict, InvalidInput, NotFound, Unauthorized
 from quotad.members.service import MemberService
 from tests.conftest import Ledger
+from tests.helpers import run, run_json
 
 TOKEN = re.compile(r"qd_[A-Za-z0-9_-]{43}")
 ACTOR = "test:admin"
@@ -54,6 +55,17 @@ def raw_rows(ledger: Ledger) -> list[dict[str, Any]]:
 def audit(ledger: Ledger) -> list[AuditEntry]:
     with session_scope(ledger.engine) as session:
         return list(session.scalars(select(AuditEntry).order_by(AuditEntry.id)))
+
+
+def usage_error(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[str, str]:
+    """Stdout and stderr of a command refused as bad usage, by argparse or after it."""
+    try:
+        code, out, err = run(capsys, *argv)
+    except SystemExit as exc:
+        code = exc.code  # type: ignore[assignment]
+        out, err = capsys.readouterr()
+    assert code == 2, err
+    return out, err
 
 
 def test_the_token_is_shown_once_and_only_its_hash_is_stored(ledger: Ledger) -> None:
@@ -265,6 +277,96 @@ def test_creating_and_revoking_are_audited_without_the_secret(ledger: Ledger) ->
     for secret in (member_secret, scanner_secret):
         assert secret[3:] not in everything
         assert hashlib.sha256(secret.encode()).hexdigest() not in everything
+
+
+def test_cli(ledger: Ledger, capsys: pytest.CaptureFixture[str]) -> None:
+    config = str(ledger.config_file())
+    assert run(capsys, "--config", config, "member", "add", "alice")[0] == 0
+
+    code, out, err = run(
+        capsys, "--config", config, "token", "create", "--member", "alice", "--label", "laptop"
+    )
+    assert code == 0, err
+    # stdout holds the token and nothing else, so it can be piped to a file.
+    assert TOKEN.fullmatch(out.removesuffix("\n"))
+    assert out.count("\n") == 1
+    assert "shown only this once" in err
+    member_secret = out.strip()
+    assert authenticate(ledger, member_secret).member == "alice"
+
+    code, out, err = run(
+        capsys,
+        "--config",
+        config,
+        "token",
+        "create",
+        "--role",
+        "scanner",
+        "--source",
+        "mail",
+        "--source",
+        "afs",
+    )
+    assert code == 0, err
+    scanner = authenticate(ledger, out.strip())
+    assert scanner.sources == frozenset({"mail", "afs"})
+
+    for argv, message in [
+        (["--role", "admin", "--source", "mail"], "only scanner"),
+        (["--role", "scanner", "--source", "a b"], "invalid source name"),
+        (["--role", "admin", "--member", "alice"], "not allowed with"),
+        (["--role", "member"], "invalid choice"),
+        ([], "one of the arguments"),
+    ]:
+        out, err = usage_error(capsys, "--config", config, "token", "create", *argv)
+        assert out == ""
+        assert message in err
+    code, out, err = run(capsys, "--config", config, "token", "create", "--member", "zed")
+    assert (code, out) == (1, "")
+    assert "no member named 'zed'" in err
+
+    listed = run_json(capsys, "--config", config, "token", "list", "--json")
+    assert [(t["id"], t["role"], t["member"], t["sources"], t["label"]) for t in listed] == [
+        (1, "member", "alice", None, "laptop"),
+        (2, "scanner", None, ["afs", "mail"], None),
+    ]
+    assert set(listed[0]) == set(TokenInfo.__slots__)
+    assert listed[0]["created_at"].endswith("Z")
+    assert listed[0]["last_used_at"].endswith("Z")  # authenticated above
+    assert listed[0]["revoked_at"] is None
+
+    code, out, err = run(capsys, "--config", config, "token", "revoke", "1")
+    assert code == 0, err
+    assert "token 1 revoked" in out
+    code, _, err = run(capsys, "--config", config, "token", "revoke", "1")
+    assert code == 1
+    assert "already revoked" in err
+    code, _, err = run(capsys, "--config", config, "token", "revoke", "99")
+    assert code == 1
+    assert "no token with id 99" in err
+    assert "invalid int" in usage_error(capsys, "--config", config, "token", "revoke", "one")[1]
+
+    listed = run_json(capsys, "--config", config, "token", "list", "--json")
+    assert listed[0]["revoked_at"].endswith("Z")
+    assert listed[0]["revoked_by"].startswith("cli")
+    code, out, _ = run(capsys, "--config", config, "token", "list")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == [
+        "id",
+        "role",
+        "member",
+        "sources",
+        "label",
+        "created_at",
+        "last_used",
+        "revoked",
+    ]
+    assert lines[1].split()[:5] == ["1", "member", "alice", "-", "laptop"]
+    assert lines[2].split()[:5] == ["2", "scanner", "-", "afs,mail", "-"]
+    assert member_secret not in out
+    with pytest.raises(Unauthorized):
+        authenticate(ledger, member_secret)
 
 
 def test_migration_downgrades_and_upgrades(ledger: Ledger) -> None:
