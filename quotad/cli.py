@@ -42,6 +42,10 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 Handler = Callable[[argparse.Namespace], int]
+# A layer above quotad adds its commands (api adds `serve`) without quotad
+# importing it: it is given `add(name, handler, help)` and returns nothing.
+AddCommand = Callable[[str, Handler, str], argparse.ArgumentParser]
+Extension = Callable[[AddCommand], None]
 
 
 class UsageError(QuotadError):
@@ -506,7 +510,7 @@ def _add_token_commands(commands: Any, add: Callable[..., argparse.ArgumentParse
     trevoke.add_argument("id", type=int, metavar="ID")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(extensions: Sequence[Extension] = ()) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--config",
@@ -589,11 +593,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = add(commands, "demo", cmd_demo, "write a demo config and sample data")
     demo.add_argument("dir", nargs="?", default="var/demo", metavar="DIR")
+
+    for extend in extensions:
+        extend(lambda name, handler, help_: add(commands, name, handler, help_))
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one exit per error kind
-    parser = build_parser()
+def main(  # noqa: PLR0911 - one exit per error kind
+    argv: Sequence[str] | None = None, extensions: Sequence[Extension] = ()
+) -> int:
+    parser = build_parser(extensions)
     args = parser.parse_args(argv)
     if not hasattr(args, "config"):
         args.config = None

@@ -1,0 +1,44 @@
+"""The HTTP API (INTERFACE.md section 4): `create_app(settings)`, nothing at import time."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api import errors
+from api.deps import Context
+from api.routers import audit, health, members, quotas, usage
+from quotad.config import Settings
+from quotad.db import make_engine
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """An app on the ledger of SETTINGS.
+
+    The engine is made here and connects lazily; until the ledger is migrated
+    every endpoint answers 503 `ledger_not_ready`, /healthz included, so a
+    `quotad db upgrade` run later needs no restart.
+    """
+    engine = make_engine(settings.database_url)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        engine.dispose()
+
+    app = FastAPI(
+        lifespan=lifespan,
+        title="quotad",
+        summary="Quota accounting and disk-usage charging for a hosting co-operative",
+        version="0.1.0",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.quotad = Context(settings=settings, engine=engine)
+    errors.install(app, settings.server.max_body)
+    for module in (health, usage, members, quotas, audit):
+        app.include_router(module.router)
+
+    return app

@@ -1,0 +1,126 @@
+"""Every error in the one format; nothing a client sends makes a 500."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from quotad import migrate
+from quotad.config import parse_settings
+from tests.api.conftest import Api, bearer
+
+
+def test_unknown_path_and_method(api: Api) -> None:
+    response = api.client.get("/nowhere")
+    assert response.status_code == 404
+    assert response.json() == {"error": "not_found", "detail": "no such endpoint; see /docs"}
+    response = api.client.post("/members", headers=bearer(api.token("admin")))
+    assert response.status_code == 405
+    assert response.json()["error"] == "method_not_allowed"
+
+
+def test_malformed_json_is_422(api: Api) -> None:
+    response = api.client.put(
+        "/members/alice",
+        content=b'{"email": ',
+        headers={**bearer(api.token("admin")), "Content-Type": "application/json"},
+    )
+    assert response.status_code == 422
+    assert response.json()["error"] == "invalid_input"
+    assert "JSON" in response.json()["detail"]
+
+
+def test_bad_query_is_422(api: Api) -> None:
+    admin = bearer(api.token("admin"))
+    for query in ("limit=0", "limit=1001", "limit=ten"):
+        response = api.client.get(f"/audit?{query}", headers=admin)
+        assert response.status_code == 422, query
+        assert response.json()["error"] == "invalid_input"
+        assert response.json()["detail"].startswith("limit (query): ")
+
+
+@pytest.fixture
+def small_body(api: Api) -> Iterator[TestClient]:
+    settings = api.ledger.settings('[server]\nmax_body = "100"')
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def test_body_over_max_body_is_413(api: Api, small_body: TestClient) -> None:
+    admin = bearer(api.token("admin"))
+    body = b'{"email": "' + b"a" * 200 + b'@example.org"}'
+    response = small_body.put(
+        "/members/alice", content=body, headers={**admin, "Content-Type": "application/json"}
+    )
+    assert response.status_code == 413
+    assert response.json() == {
+        "error": "too_large",
+        "detail": "the request body exceeds the limit of 100 bytes",
+    }
+
+    # Without a Content-Length: counted as it streams.
+    def chunks() -> Iterator[bytes]:
+        yield body[:60]
+        yield body[60:]
+
+    response = small_body.put(
+        "/members/alice", content=chunks(), headers={**admin, "Content-Type": "application/json"}
+    )
+    assert response.status_code == 413
+    assert response.json()["error"] == "too_large"
+    # Nothing was written, and a body within the limit still works.
+    assert small_body.get("/members", headers=admin).json() == []
+    response = small_body.put("/members/alice", json={}, headers=admin)
+    assert response.status_code == 201
+
+
+def test_unmigrated_ledger_is_503_until_upgraded(tmp_path: Path) -> None:
+    settings = parse_settings(
+        {"database_url": f"sqlite:///{tmp_path / 'new.db'}"}, file_label="<t>", base_dir=tmp_path
+    )
+    app = create_app(settings)
+    with TestClient(app) as client:
+        for path in ("/healthz", "/me/usage", "/members"):
+            response = client.get(path, headers=bearer("whatever"))
+            assert response.status_code == 503, path
+            assert response.json()["error"] == "ledger_not_ready"
+            assert "quotad db upgrade" in response.json()["detail"]
+        migrate.upgrade_engine(app.state.quotad.engine)
+        assert client.get("/healthz").json() == {"status": "ok"}
+        assert client.get("/me/usage", headers=bearer("whatever")).status_code == 401
+
+
+def test_unexpected_error_is_an_opaque_500(api: Api, caplog: pytest.LogCaptureFixture) -> None:
+    def explode() -> None:
+        raise RuntimeError("secret internals: password=hunter2")
+
+    api.app.add_api_route("/explode", explode)
+    with TestClient(api.app, raise_server_exceptions=False) as client:
+        response = client.get("/explode")
+    assert response.status_code == 500
+    assert response.json() == {
+        "error": "internal_error",
+        "detail": "an internal error occurred; it has been logged",
+    }
+    assert "hunter2" in caplog.text
+
+
+def test_openapi_documents_the_endpoints(api: Api) -> None:
+    assert api.client.get("/docs").status_code == 200
+    schema = api.client.get("/openapi.json").json()
+    assert set(schema["paths"]) == {
+        "/healthz",
+        "/me/usage",
+        "/members",
+        "/members/{name}",
+        "/members/{name}/usage",
+        "/members/{name}/quotas/{scope}",
+        "/report",
+        "/audit",
+    }
+    usage = schema["components"]["schemas"]["Usage"]
+    assert set(usage["properties"]) == {"member", "total", "resources", "quotas"}

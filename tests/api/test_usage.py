@@ -1,0 +1,145 @@
+"""Usage endpoints with exact figures, on both ledgers."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from tests.api.conftest import NOW, Api, bearer, z
+
+
+def alice_usage() -> dict[str, Any]:
+    return {
+        "member": "alice",
+        "total": {"bytes": 1600, "files": 4},
+        "resources": [
+            {
+                "source": "homes",
+                "kind": "tree",
+                "name": "alice",
+                "bytes": 1500,
+                "files": 3,
+                "measured_at": z(NOW - dt.timedelta(hours=1)),
+                "stale": False,
+                "detail": {},
+            },
+            {
+                "source": "old",
+                "kind": "tree",
+                "name": "alice",
+                "bytes": 100,
+                "files": 1,
+                "measured_at": z(NOW - dt.timedelta(days=2)),
+                "stale": True,
+                "detail": {},
+            },
+        ],
+        "quotas": [
+            {
+                "scope": "total",
+                "soft_bytes": 1000,
+                "hard_bytes": 2000,
+                "grace_seconds": 604800,
+                "used_bytes": 1600,
+                "state": "soft",
+                "grace_ends_at": z(NOW - dt.timedelta(hours=1) + dt.timedelta(days=7)),
+            }
+        ],
+    }
+
+
+def bob_usage() -> dict[str, Any]:
+    return {
+        "member": "bob",
+        "total": {"bytes": 700, "files": 2},
+        "resources": [
+            {
+                "source": "homes",
+                "kind": "tree",
+                "name": "bob",
+                "bytes": 700,
+                "files": 2,
+                "measured_at": z(NOW - dt.timedelta(hours=1)),
+                "stale": False,
+                "detail": {},
+            }
+        ],
+        "quotas": [
+            {
+                "scope": "total",
+                "soft_bytes": 1000,
+                "hard_bytes": 2000,
+                "grace_seconds": 604800,
+                "used_bytes": 700,
+                "state": "ok",
+                "grace_ends_at": None,
+            }
+        ],
+    }
+
+
+def by_source(usage: dict[str, Any]) -> dict[str, Any]:
+    usage = dict(usage)
+    usage["resources"] = sorted(usage["resources"], key=lambda r: r["source"])
+    return usage
+
+
+def test_me_usage_exact(usage_data: Api) -> None:
+    response = usage_data.client.get(
+        "/me/usage", headers=bearer(usage_data.token("member", "alice"))
+    )
+    assert response.status_code == 200, response.text
+    assert by_source(response.json()) == alice_usage()
+
+
+def test_member_usage_for_staff_and_self(usage_data: Api) -> None:
+    for token in (
+        usage_data.token("admin"),
+        usage_data.token("portal"),
+        usage_data.token("member", "bob"),
+    ):
+        response = usage_data.client.get("/members/bob/usage", headers=bearer(token))
+        assert response.status_code == 200, response.text
+        assert response.json() == bob_usage()
+
+
+def test_unknown_member_usage_is_404(usage_data: Api) -> None:
+    response = usage_data.client.get(
+        "/members/carol/usage", headers=bearer(usage_data.token("admin"))
+    )
+    assert response.status_code == 404
+    assert response.json() == {"error": "not_found", "detail": "no member named 'carol'"}
+
+
+def test_report_every_member(usage_data: Api) -> None:
+    response = usage_data.client.get("/report", headers=bearer(usage_data.token("admin")))
+    assert response.status_code == 200, response.text
+    assert [by_source(u) for u in response.json()] == [alice_usage(), bob_usage()]
+
+
+def test_member_without_measurements(api: Api) -> None:
+    api.client.put("/members/carol", json={}, headers=bearer(api.token("admin")))
+    response = api.client.get("/me/usage", headers=bearer(api.token("member", "carol")))
+    assert response.status_code == 200, response.text
+    assert response.json() == {
+        "member": "carol",
+        "total": {"bytes": 0, "files": 0},
+        "resources": [],
+        "quotas": [
+            {
+                "scope": "total",
+                "soft_bytes": 1000,
+                "hard_bytes": 2000,
+                "grace_seconds": 604800,
+                "used_bytes": 0,
+                "state": "ok",
+                "grace_ends_at": None,
+            }
+        ],
+    }
+
+
+def test_healthz(api: Api) -> None:
+    response = api.client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
