@@ -36,6 +36,13 @@ run: deps
 	@echo "  $(BIN)/quotad --config $(DEMO)/quotad.toml member list"
 	@echo "  $(BIN)/quotad --config $(DEMO)/quotad.toml quota set bob --soft 100MiB --hard 120MiB --reason 'more room'"
 	@echo "  $(BIN)/quotad --config $(DEMO)/quotad.toml scan --json"
+	@# Fresh tokens each run (the ledger keeps the old ones; `token list` shows them).
+	@member=$$($(BIN)/quotad --config $(DEMO)/quotad.toml token create --member alice --label "make run") && \
+	admin=$$($(BIN)/quotad --config $(DEMO)/quotad.toml token create --role admin --label "make run") && \
+	echo && echo "The HTTP API is starting on http://127.0.0.1:8640 (docs at /docs; Ctrl-C stops it). Try:" && \
+	echo "  curl -H \"Authorization: Bearer $$member\" http://127.0.0.1:8640/me/usage" && \
+	echo "  curl -H \"Authorization: Bearer $$admin\" http://127.0.0.1:8640/report" && echo
+	$(BIN)/quotad --config $(DEMO)/quotad.toml serve
 
 test: deps services lint typecheck importlint pytest
 
