@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -115,6 +115,15 @@ async def _integrity_error(_request: Request, exc: Exception) -> JSONResponse:
     # Two requests raced to create the same row; the loser is told, not crashed.
     log.info("integrity error answered as 409: %s", exc)
     return error_response(409, "conflict", "the change conflicts with another one; try again")
+
+
+async def _unstorable(_request: Request, exc: Exception) -> JSONResponse:
+    # The database refused a value the checks let through (PostgreSQL takes no
+    # NUL in text): the input's fault, so never a 500.
+    log.info("data error answered as 422: %s", exc)
+    return error_response(
+        422, InvalidInput.code, "a value in the request cannot be stored (a NUL character?)"
+    )
 
 
 async def _ledger_unavailable(_request: Request, exc: Exception) -> JSONResponse:
@@ -236,6 +245,7 @@ def install(app: FastAPI, max_body: int) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(IntegrityError, _integrity_error)
+    app.add_exception_handler(DataError, _unstorable)
     app.add_exception_handler(OperationalError, _ledger_unavailable)
     # The last added runs outermost: every answer, the 413 included, is caught.
     app.add_middleware(BodyLimit, max_body=max_body)

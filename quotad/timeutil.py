@@ -29,4 +29,8 @@ def parse_time(text: str) -> dt.datetime:
         raise ValueError(f"not a date or RFC 3339 time: {text!r}") from None
     if parsed.tzinfo is None:
         raise ValueError(f"a time needs a zone (end it with Z for UTC): {text!r}")
-    return parsed.astimezone(dt.UTC)
+    try:
+        return parsed.astimezone(dt.UTC)
+    except OverflowError:
+        # 9999-12-31T23:00:00-05:00 is past the last representable UTC time.
+        raise ValueError(f"time out of range: {text!r}") from None

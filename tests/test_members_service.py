@@ -13,6 +13,7 @@ from quotad.db import session_scope
 from quotad.errors import InvalidInput
 from quotad.members.service import MemberService
 from quotad.quotas.service import MAX_BYTES, MAX_GRACE_SECONDS, QuotaService
+from quotad.timeutil import parse_time
 from tests.conftest import Ledger
 
 JAN = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -81,3 +82,14 @@ def test_quota_bounds(ledger: Ledger) -> None:
     with session_scope(ledger.engine) as session:
         usage = QuotaService(session, settings, "t").usage("alice")
         assert usage["quotas"][0]["soft_bytes"] == MAX_BYTES
+
+
+@pytest.mark.parametrize("text", ["9999-12-31T23:59:59-05:00", "0001-01-01T00:00:00+05:00"])
+def test_times_past_the_calendar_are_invalid_input(text: str) -> None:
+    with pytest.raises(ValueError, match="out of range"):
+        parse_time(text)
+
+
+def test_email_with_control_characters_is_refused(ledger: Ledger) -> None:
+    with session_scope(ledger.engine, write=True) as session, pytest.raises(InvalidInput):
+        MemberService(session, "t").put("alice", {"email": "a\x00@example.org"})

@@ -41,7 +41,8 @@ def check_email(email: str | None) -> str | None:
         return None
     local, at, domain = email.rpartition("@")
     too_long = len(email) > 254  # noqa: PLR2004 - RFC 5321's limit on a path
-    if not at or not local or "." not in domain or any(c.isspace() for c in email) or too_long:
+    spaces = any(c.isspace() for c in email) or not email.isprintable()
+    if not at or not local or "." not in domain or spaces or too_long:
         raise InvalidInput(f"invalid email address {email!r}")
     return email
 
@@ -104,6 +105,7 @@ class MemberService:
         second value says whether the member was created. An update that
         changes nothing records nothing.
         """
+        check_name(name)
         unknown = set(changes) - set(MEMBER_FIELDS)
         if unknown:
             raise InvalidInput(f"unknown member fields: {', '.join(sorted(unknown))}")

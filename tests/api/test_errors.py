@@ -124,3 +124,48 @@ def test_openapi_documents_the_endpoints(api: Api) -> None:
     }
     usage = schema["components"]["schemas"]["Usage"]
     assert set(usage["properties"]) == {"member", "total", "resources", "quotas"}
+
+
+ODD_INPUTS = [
+    # PostgreSQL stores no NUL in text; SQLite does. Either way, never a 500.
+    ("GET", "/members/a%00b/usage", None, {404, 422}),
+    ("PUT", "/members/a%00b", b"{}", {422}),
+    ("PUT", "/members/alice", b'{"email": "a\\u0000@example.org"}', {422}),
+    (
+        "PUT",
+        "/members/alice/quotas/total",
+        b'{"soft_bytes": 1, "hard_bytes": 2, "reason": "a\\u0000"}',
+        {200, 422},
+    ),
+    ("GET", "/audit?subject=a%00b", None, {200, 422}),
+    ("PUT", "/members/alice", b'{"email": "\\ud800@example.org"}', {422}),
+    ("GET", "/members/%ED%A0%80/usage", None, {404}),
+    ("GET", "/audit?subject=%ff", None, {200}),
+    # Times past the ends of the calendar once turned into UTC.
+    ("PUT", "/members/alice", b'{"joined_at": "9999-12-31T23:59:59-05:00"}', {422}),
+    ("PUT", "/members/alice", b'{"left_at": "0001-01-01T00:00:00+05:00"}', {422}),
+    ("PUT", "/members/alice", b"null", {422}),
+    ("PUT", "/members/alice", b"1e999", {422}),
+    (
+        "PUT",
+        "/members/alice/quotas/total",
+        b'{"soft_bytes": 1e400, "hard_bytes": 2, "reason": "x"}',
+        {422},
+    ),
+    ("GET", "/members/" + "a" * 5000 + "/usage", None, {404}),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "expected"),
+    ODD_INPUTS,
+    ids=[f"{m} {p[:30]}" for m, p, _, _ in ODD_INPUTS],
+)
+def test_odd_input_is_never_a_500(
+    usage_data: Api, method: str, path: str, body: bytes | None, expected: set[int]
+) -> None:
+    headers = {**bearer(usage_data.token("admin")), "Content-Type": "application/json"}
+    response = usage_data.client.request(method, path, content=body, headers=headers)
+    assert response.status_code in expected, response.text
+    if response.status_code >= 400:
+        assert set(response.json()) == {"error", "detail"}
