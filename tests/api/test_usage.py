@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from typing import Any
 
-from tests.api.conftest import NOW, Api, bearer, z
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from quotad.db import session_scope
+from quotad.ledger.service import LedgerService, ScanInput
+from scanners.base import Measurement, ResourceFailure
+from tests.api.conftest import NOW, PLAN, Api, bearer, z
 
 
 def alice_usage() -> dict[str, Any]:
@@ -143,3 +150,38 @@ def test_healthz(api: Api) -> None:
     response = api.client.get("/healthz")
     assert response.status_code == 200
     assert response.json() == {"status": "ok"}
+
+
+def test_failed_resource_keeps_its_value_and_says_why(usage_data: Api) -> None:
+    failed_at = NOW - dt.timedelta(minutes=5)
+    scan = ScanInput(
+        scan_id=uuid.uuid4(),
+        source="homes",
+        source_kind="tree",
+        started_at=failed_at - dt.timedelta(seconds=30),
+        finished_at=failed_at,
+        measurements=[Measurement(member="bob", kind="tree", name="bob", bytes=800, files=2)],
+        failures=[ResourceFailure(member="alice", kind="tree", name="alice", error="EACCES")],
+    )
+    with session_scope(usage_data.ledger.engine, write=True) as session:
+        LedgerService(session).record(scan)
+    response = usage_data.client.get(
+        "/me/usage", headers=bearer(usage_data.token("member", "alice"))
+    )
+    homes = next(r for r in response.json()["resources"] if r["source"] == "homes")
+    assert homes == {
+        **alice_usage()["resources"][0],
+        "error": "EACCES",
+        "failed_at": z(failed_at),
+    }
+
+
+def test_stale_follows_enforcement_stale_after(usage_data: Api) -> None:
+    settings = usage_data.ledger.settings(PLAN + '[enforcement]\nstale_after = "30m"\n')
+    with TestClient(create_app(settings)) as client:
+        token = usage_data.token("member", "alice")
+        response = client.get("/me/usage", headers=bearer(token))
+    assert {r["source"]: r["stale"] for r in response.json()["resources"]} == {
+        "homes": True,
+        "old": True,
+    }
