@@ -199,3 +199,23 @@ def test_identity_header_name_comes_from_settings(ledger: Ledger) -> None:
             MemberService(session, "test").add("alice")
         assert client.get("/me/usage", headers={"X-User": "alice"}).status_code == 200
         assert client.get("/me/usage", headers={"X-Remote-User": "alice"}).status_code == 401
+
+
+def test_a_member_who_left_is_refused(usage_data: Api) -> None:
+    token = bearer(usage_data.token("member", "alice"))
+    trusted = usage_data.client_from("10.0.0.5")
+    assert usage_data.client.get("/me/usage", headers=token).status_code == 200
+    response = usage_data.client.put(
+        "/members/alice",
+        json={"left_at": "2026-01-01T00:00:00Z"},
+        headers=bearer(usage_data.token("admin")),
+    )
+    assert response.status_code == 200, response.text
+    assert usage_data.client.get("/me/usage", headers=token).status_code == 401
+    assert trusted.get("/me/usage", headers={"X-Remote-User": "alice"}).status_code == 401
+    # Staff still see the former member's usage: records are kept.
+    response = usage_data.client.get(
+        "/members/alice/usage", headers=bearer(usage_data.token("portal"))
+    )
+    assert response.status_code == 200
+    assert response.json()["total"] == {"bytes": 1600, "files": 4}
