@@ -58,6 +58,16 @@ ENDPOINTS = [
     ),
     Endpoint(
         "GET",
+        "/me/usage/history",
+        unauthenticated({"self": 200, "other": 200, "portal": 403, "admin": 403, "scanner": 403}),
+    ),
+    Endpoint(
+        "GET",
+        "/members/alice/usage/history",
+        unauthenticated({"self": 200, "other": 403, "portal": 200, "admin": 200, "scanner": 403}),
+    ),
+    Endpoint(
+        "GET",
         "/members",
         unauthenticated({"self": 403, "other": 403, "portal": 200, "admin": 200, "scanner": 403}),
     ),

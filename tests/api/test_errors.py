@@ -115,9 +115,11 @@ def test_openapi_documents_the_endpoints(api: Api) -> None:
     assert set(schema["paths"]) == {
         "/healthz",
         "/me/usage",
+        "/me/usage/history",
         "/members",
         "/members/{name}",
         "/members/{name}/usage",
+        "/members/{name}/usage/history",
         "/members/{name}/quotas/{scope}",
         "/report",
         "/audit",
