@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import errors
+from api import errors, metrics
 from api.deps import Context
 from api.routers import audit, health, history, members, quotas, usage
 from quotad.config import Settings
@@ -40,5 +40,6 @@ def create_app(settings: Settings) -> FastAPI:
     errors.install(app, settings.server.max_body)
     for module in (health, usage, history, members, quotas, audit):
         app.include_router(module.router)
+    metrics.install(app)
 
     return app

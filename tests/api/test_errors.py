@@ -114,6 +114,7 @@ def test_openapi_documents_the_endpoints(api: Api) -> None:
     schema = api.client.get("/openapi.json").json()
     assert set(schema["paths"]) == {
         "/healthz",
+        "/metrics",
         "/me/usage",
         "/me/usage/history",
         "/members",
@@ -123,6 +124,7 @@ def test_openapi_documents_the_endpoints(api: Api) -> None:
         "/members/{name}/quotas/{scope}",
         "/report",
         "/audit",
+        "/scans",
     }
     usage = schema["components"]["schemas"]["Usage"]
     assert set(usage["properties"]) == {"member", "total", "resources", "quotas"}
