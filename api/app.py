@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from api import errors, metrics
 from api.deps import Context
-from api.routers import audit, health, history, members, quotas, usage
+from api.routers import audit, health, history, members, quotas, scans, usage
 from quotad.config import Settings
 from quotad.db import make_engine
 
@@ -38,7 +38,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.quotad = Context(settings=settings, engine=engine)
     errors.install(app, settings.server.max_body)
-    for module in (health, usage, history, members, quotas, audit):
+    for module in (health, usage, history, members, quotas, audit, scans):
         app.include_router(module.router)
     metrics.install(app)
 

@@ -142,6 +142,17 @@ class LedgerRepository:
         for chunk in _chunks(rows):
             self.session.execute(insert(_FAILURES), chunk)
 
+    def zeroed_by(self, scan_id: uuid.UUID) -> int:
+        """How many resources SCAN_ID found gone (its zero samples)."""
+        return (
+            self.session.scalar(
+                select(func.count())
+                .select_from(UsageSample)
+                .where(UsageSample.scan_id == scan_id, UsageSample.present.is_(False))
+            )
+            or 0
+        )
+
     # Current usage (derived)
 
     def current_for_source(

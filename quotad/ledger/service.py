@@ -140,6 +140,7 @@ class LedgerService:
                 created=False,
                 measurements=existing.measurements,
                 failures=existing.failures,
+                zeroed=self.repo.zeroed_by(scan.scan_id),
             )
         now = utcnow()
         source = self.repo.get_source(scan.source)

@@ -6,6 +6,7 @@ gets back never names alice or shows her figures; alice's answers never name bob
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -15,7 +16,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from quotad.db import session_scope
 from quotad.members.service import MemberService
-from tests.api.conftest import PLAN, Api, bearer
+from tests.api.conftest import NOW, PLAN, Api, bearer, z
 from tests.conftest import Ledger
 
 CALLERS = ("self", "other", "portal", "admin", "scanner", "none", "malformed", "revoked")
@@ -98,6 +99,20 @@ ENDPOINTS = [
         "GET",
         "/audit",
         unauthenticated({"self": 403, "other": 403, "portal": 403, "admin": 200, "scanner": 403}),
+    ),
+    Endpoint(
+        "POST",
+        "/scans",
+        unauthenticated({"self": 403, "other": 403, "portal": 403, "admin": 403, "scanner": 201}),
+        body={
+            "scan_id": "5f0c6e1e-8d1b-4c57-9a57-3f1f2b1c9d01",
+            "source": "homes",
+            "started_at": z(NOW - dt.timedelta(minutes=1)),
+            "finished_at": z(NOW),
+            "measurements": [
+                {"member": "alice", "kind": "tree", "name": "alice", "bytes": 1, "files": 1}
+            ],
+        },
     ),
     Endpoint("GET", "/healthz", dict.fromkeys(CALLERS, 200)),
 ]
