@@ -138,3 +138,14 @@ def test_bad_parameters_are_422(history: Api, params: dict[str, str]) -> None:
     body = response.json()
     assert set(body) == {"error", "detail"}
     assert body["error"] == "invalid_input"
+
+
+def test_carry_in_is_the_latest_sample_before_start(history: Api) -> None:
+    token = history.token("member", "alice")
+    # Both homes samples before T0+2h, the newer wins; the project was zeroed at T0+2h.
+    response = get(history, token, start=z(T0 + 2 * H), end=z(T0 + 3 * H), step="hour")
+    assert response.json()["points"] == points((T0 + 2 * H, 300), (T0 + 3 * H, 400))
+    response = get(history, token, start=z(T0 + 3 * H), end=z(T0 + 5 * H), step="hour")
+    assert response.json()["points"] == points(
+        (T0 + 3 * H, 400), (T0 + 4 * H, 400), (T0 + 5 * H, 400)
+    )
