@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import datetime as dt
 import json
@@ -201,13 +202,10 @@ def test_a_body_of_50_mb_is_413_before_it_is_read(api: Api, scanner: dict[str, s
     size = 50 * 1024**2
     headers = {**scanner, "Content-Type": "application/json"}
     chunk = b"a" * 1024**2
-    received = 0
 
     def stream() -> Iterator[bytes]:
-        nonlocal received
         yield prefix
         for _ in range(size // len(chunk)):
-            received += 1
             yield chunk
         yield b'"}'
 
@@ -226,6 +224,46 @@ def test_a_body_of_50_mb_is_413_before_it_is_read(api: Api, scanner: dict[str, s
     assert response.status_code == 413
     assert response.json()["error"] == "too_large"
     assert usage_or_none(api) is None
+
+
+def test_a_streamed_body_is_read_no_further_than_the_limit(
+    api: Api, scanner: dict[str, str]
+) -> None:
+    # The app itself, fed 1 MiB at a time: how many chunks did it ask for?
+    chunks = 50
+    asked = 0
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal asked
+        asked += 1
+        if asked > chunks:
+            return {"type": "http.disconnect"}
+        return {"type": "http.request", "body": b"a" * 1024**2, "more_body": asked < chunks}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    headers = [(b"content-type", b"application/json")]
+    headers += [(k.lower().encode(), v.encode()) for k, v in scanner.items()]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/scans",
+        "raw_path": b"/scans",
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 40000),
+        "server": ("testserver", 80),
+    }
+    asyncio.run(api.app(scope, receive, send))  # type: ignore[arg-type]
+    assert sent[0]["type"] == "http.response.start"
+    assert sent[0]["status"] == 413
+    assert asked <= 33  # 32 MiB and the chunk that went past it
 
 
 def usage_or_none(api: Api) -> Any:
