@@ -106,27 +106,15 @@ class QuotaService:
             raise InvalidInput(f"limits cannot exceed {MAX_BYTES} bytes")
         if not reason.strip():
             raise InvalidInput("a reason is required")
+        # The limits in force now: the grace to keep, and what the audit shows as before.
+        before = self.limits(member).get(scope)
         if grace is None:
-            current = self.limits(member).get(scope)
-            grace = current[0].grace_seconds if current else 7 * 86400
+            grace = before[0].grace_seconds if before else 7 * 86400
         if grace < 0:
             raise InvalidInput("grace cannot be negative")
         if grace > MAX_GRACE_SECONDS:
             raise InvalidInput(f"grace cannot exceed {MAX_GRACE_SECONDS} seconds (100 years)")
-        before = self.limits(member).get(scope)
-        self.repo.add(
-            QuotaOverride(
-                member_id=member.id,
-                scope=scope,
-                cleared=False,
-                soft_bytes=soft,
-                hard_bytes=hard,
-                grace_seconds=grace,
-                reason=reason,
-                actor=self.actor,
-                created_at=utcnow(),
-            )
-        )
+        self._append(member.id, scope, reason, soft=soft, hard=hard, grace=grace)
         self.audit.record(
             "quota.set",
             f"member:{name}",
@@ -141,25 +129,38 @@ class QuotaService:
         )
         return QuotaLimit(scope, soft, hard, grace)
 
+    def _append(
+        self,
+        member_id: int,
+        scope: str,
+        reason: str,
+        *,
+        soft: int | None = None,
+        hard: int | None = None,
+        grace: int | None = None,
+    ) -> None:
+        """Add an override row; without limits it clears the scope back to the default plan."""
+        self.repo.add(
+            QuotaOverride(
+                member_id=member_id,
+                scope=scope,
+                cleared=soft is None,
+                soft_bytes=soft,
+                hard_bytes=hard,
+                grace_seconds=grace,
+                reason=reason,
+                actor=self.actor,
+                created_at=utcnow(),
+            )
+        )
+
     def reset(self, name: str, scope: str, reason: str) -> None:
         member = self.members.get(name)
         check_scope(scope)
         current = {r.scope: r for r in self.repo.latest([member.id])}.get(scope)
         if current is None or current.cleared:
             raise NotFound(f"member {name!r} has no override for scope {scope!r}")
-        self.repo.add(
-            QuotaOverride(
-                member_id=member.id,
-                scope=scope,
-                cleared=True,
-                soft_bytes=None,
-                hard_bytes=None,
-                grace_seconds=None,
-                reason=reason,
-                actor=self.actor,
-                created_at=utcnow(),
-            )
-        )
+        self._append(member.id, scope, reason)
         self.audit.record(
             "quota.reset",
             f"member:{name}",
