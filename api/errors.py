@@ -114,7 +114,14 @@ async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
 async def _integrity_error(_request: Request, exc: Exception) -> JSONResponse:
     # Two requests raced to create the same row; the loser is told, not crashed.
     log.info("integrity error answered as 409: %s", exc)
-    return error_response(409, "conflict", "the change conflicts with another one; try again")
+    # Retry-After tells an agent this 409 passes (the other request's row is
+    # there now), unlike a conflict in the content, which never will.
+    return error_response(
+        409,
+        "conflict",
+        "the change conflicts with another one; try again",
+        {"Retry-After": "1"},
+    )
 
 
 async def _unstorable(_request: Request, exc: Exception) -> JSONResponse:

@@ -28,13 +28,22 @@ from quotad.db import make_engine, session_scope
 from quotad.demo import write_demo
 from quotad.errors import ConfigError, InvalidInput, QuotadError
 from quotad.formatting import human_size, table
-from quotad.ledger.service import COMPLETE, FAILED, LedgerService
+from quotad.ledger.service import COMPLETE, FAILED, LedgerService, ScanInput
 from quotad.members.models import Member
 from quotad.members.service import MemberService
+from quotad.push import (
+    PENDING,
+    RECORDED,
+    REPLAYED,
+    Outbox,
+    Pusher,
+    read_token,
+    scan_from_body,
+)
 from quotad.quotas.service import QuotaService
-from quotad.scanning import SourceOutcome, scan_and_record, select_sources
+from quotad.scanning import SourceOutcome, measure, scan_and_record, select_sources
 from quotad.timeutil import format_time, parse_time
-from scanners.base import Progress
+from scanners.base import Progress, ScanContext
 from scanners.options import parse_duration, parse_size
 
 EXIT_OK = 0
@@ -137,6 +146,10 @@ def _outcome_json(outcome: SourceOutcome) -> dict[str, Any]:
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
+    if (args.push is None) != (args.token_file is None):
+        raise UsageError("--push and --token-file go together")
+    if args.push is not None:
+        return _scan_push(args)
     settings, engine = _engine(args)
     sources = select_sources(settings, args.sources)
     if not sources:
@@ -148,24 +161,111 @@ def cmd_scan(args: argparse.Namespace) -> int:
     if sys.stderr.isatty():
         sys.stderr.write("\r\x1b[K")
     results = [_outcome_json(o) for o in outcomes]
-    if args.json:
-        _print_json(results)
-    else:
-        for r in results:
-            line = (
-                f"{r['source']}: {r['status']}, {r['resources']} resources, "
-                f"{r['bytes']} bytes ({human_size(r['bytes'])}), {r['files']} files"
-            )
-            print(line)
-            if r["error"]:
-                print(f"  error: {r['error']}")
-            for f in r["failures"]:
-                print(f"  failed: {f['kind']} {f['name']}: {f['error']}")
+    _print_scans(results, as_json=args.json)
     bad = [r for r in results if r["status"] != COMPLETE]
+    _complain(bad)
+    return EXIT_FAILED if bad else EXIT_OK
+
+
+def _print_scans(results: list[dict[str, Any]], *, as_json: bool) -> None:
+    if as_json:
+        _print_json(results)
+        return
+    for r in results:
+        if "resources" not in r:  # an outbox file that does not read as a scan
+            print(f"{r['source']}: scan {r['scan_id']}; {_push_words(r['push'])}")
+            continue
+        line = (
+            f"{r['source']}: {r['status']}, {r['resources']} resources, "
+            f"{r['bytes']} bytes ({human_size(r['bytes'])}), {r['files']} files"
+        )
+        if "push" in r:
+            line += f"; {_push_words(r['push'])}"
+        print(line)
+        if r["error"]:
+            print(f"  error: {r['error']}")
+        for f in r["failures"]:
+            print(f"  failed: {f['kind']} {f['name']}: {f['error']}")
+
+
+def _complain(bad: list[dict[str, Any]]) -> None:
     for r in bad:
+        if r.get("status", COMPLETE) == COMPLETE:
+            continue
         why = r["error"] or f"{len(r['failures'])} resources could not be measured"
         print(f"quotad: source {r['source']} {r['status']}: {why}", file=sys.stderr)
-    return EXIT_FAILED if bad else EXIT_OK
+
+
+def _kept_scan(path: Path) -> ScanInput | None:
+    try:
+        return scan_from_body(path.read_bytes())
+    except (OSError, ValueError, KeyError, TypeError):
+        # Sent all the same: the server's answer says what is wrong with it.
+        return None
+
+
+def _push_words(push: dict[str, Any]) -> str:
+    outcome = push["outcome"]
+    if outcome == RECORDED:
+        return "sent, recorded"
+    if outcome == REPLAYED:
+        return "sent, recorded before (counted once)"
+    where = "kept in the outbox to send next run" if outcome == PENDING else "refused"
+    status = f"HTTP {push['status']}: " if push["status"] is not None else ""
+    return f"{where} ({status}{push['detail']})"
+
+
+def _scan_push(args: argparse.Namespace) -> int:
+    """Measure here, send each scan to the central quotad; the local ledger is not touched."""
+    settings = _settings(args)
+    if args.retry_for < 0:
+        raise UsageError("--retry-for must be 0 or more seconds")
+    pusher = Pusher(args.push, read_token(Path(args.token_file)), retry_for=args.retry_for)
+    sources = select_sources(settings, args.sources)
+    outbox = Outbox(settings.cache_dir / "outbox")
+    earlier = set(outbox.pending())
+    scans: dict[Path, ScanInput | None] = {path: _kept_scan(path) for path in earlier}
+    progress_for = _progress_for(sys.stderr)
+    for source in sources:
+        # An agent sees no ledger, so no member addresses: list owners are
+        # matched by the source's owners_map and owner_pattern alone.
+        context = ScanContext(
+            full=args.full,
+            state_dir=settings.cache_dir / source.name,
+            ledger_url=settings.database_url,
+        )
+        scan = measure(source, progress_for(source), context)
+        scans[outbox.put(scan)] = scan
+    if sys.stderr.isatty():
+        sys.stderr.write("\r\x1b[K")
+    results = []
+    for delivery in pusher.deliver(outbox):
+        found = scans.get(delivery.path)
+        if found is None:
+            result: dict[str, Any] = {"scan_id": delivery.scan_id, "source": delivery.source}
+        else:
+            result = _outcome_json(SourceOutcome(found, None))
+            result["status"] = found.status
+            result["error"] = found.error
+            result["zeroed"] = delivery.zeroed
+        result["earlier"] = delivery.path in earlier
+        result["push"] = {
+            "outcome": delivery.outcome,
+            "status": delivery.status,
+            "detail": delivery.detail,
+        }
+        results.append(result)
+    _print_scans(results, as_json=args.json)
+    _complain([r for r in results if not r["earlier"]])
+    undelivered = [r for r in results if r["push"]["outcome"] not in {RECORDED, REPLAYED}]
+    for r in undelivered:
+        print(
+            f"quotad: scan {r['scan_id']} of {r.get('source', '?')} not delivered: "
+            f"{_push_words(r['push'])}",
+            file=sys.stderr,
+        )
+    failed = [r for r in results if not r["earlier"] and r.get("status") != COMPLETE]
+    return EXIT_FAILED if failed or undelivered else EXIT_OK
 
 
 # report
@@ -549,6 +649,22 @@ def build_parser(extensions: Sequence[Extension] = ()) -> argparse.ArgumentParse
     scan.add_argument("--json", action="store_true", help="print the outcome as JSON")
     scan.add_argument(
         "--full", action="store_true", help="read everything again, believing no scanner cache"
+    )
+    scan.add_argument(
+        "--push",
+        metavar="URL",
+        help="send the scans to the quotad at URL (POST /scans) instead of the ledger",
+    )
+    scan.add_argument(
+        "--token-file", metavar="F", help="with --push: a file holding a scanner token"
+    )
+    scan.add_argument(
+        "--retry-for",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="with --push: keep trying a server that is down this long (default 300); "
+        "what is not sent by then waits in the outbox for the next run",
     )
 
     report = add(commands, "report", cmd_report, "every member: usage, limits, state, grace end")
