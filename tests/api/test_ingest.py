@@ -480,3 +480,30 @@ def test_the_same_body_from_two_tokens_is_one_scan(api: Api) -> None:
     second = post(api, bearer(api.token("scanner", sources=["homes"])), copy.deepcopy(body))
     assert (first.status_code, second.status_code) == (201, 200)
     assert report_total(api, "alice") == 1000
+
+
+def test_the_same_scan_racing_itself_is_a_409_that_says_when_to_try_again(
+    api: Api, scanner: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two deliveries of one new scan at the same instant: the slower insert
+    # fails on the scan's primary key. Its 409 passes, unlike a content
+    # conflict, so it carries Retry-After and an agent sends the scan again.
+    from sqlalchemy.exc import IntegrityError  # noqa: PLC0415
+
+    from api.routers import scans as scans_router  # noqa: PLC0415
+
+    def lost_the_race(*_args: Any, **_kwargs: Any) -> Any:
+        raise IntegrityError("INSERT INTO scans ...", {}, Exception("duplicate key"))
+
+    body = scan()
+    monkeypatch.setattr(scans_router, "ingest", lost_the_race)
+    response = post(api, scanner, body)
+    assert response.status_code == 409
+    assert response.headers["Retry-After"] == "1"
+    assert response.json()["error"] == "conflict"
+    monkeypatch.undo()
+    # Sent again, it is recorded; a conflict in content has no Retry-After.
+    assert post(api, scanner, body).status_code == 201
+    conflicting = post(api, scanner, {**body, "measurements": [tree("alice", 1)]})
+    assert conflicting.status_code == 409
+    assert "Retry-After" not in conflicting.headers
