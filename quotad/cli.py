@@ -223,6 +223,7 @@ def _scan_push(args: argparse.Namespace) -> int:
     pusher = Pusher(args.push, read_token(Path(args.token_file)), retry_for=args.retry_for)
     sources = select_sources(settings, args.sources)
     outbox = Outbox(settings.cache_dir / "outbox")
+    outbox.check()
     earlier = set(outbox.pending())
     scans: dict[Path, ScanInput | None] = {path: _kept_scan(path) for path in earlier}
     progress_for = _progress_for(sys.stderr)

@@ -107,6 +107,18 @@ class Outbox:
         self.root = root
         self.rejected = root / "rejected"
 
+    def check(self) -> None:
+        """Fail before anything is measured if scans could not be kept here."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f".probe-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise InvalidInput(
+                f"cannot keep scans in the outbox {self.root} (set cache_dir?): {exc}"
+            ) from exc
+
     def put(self, scan: ScanInput) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)
         # Named by when it was kept, to the nanosecond: sent in the order measured,

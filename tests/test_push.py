@@ -360,6 +360,29 @@ def test_push_arguments_are_checked_before_anything_is_measured(
     assert outbox_of(tmp_path).pending() == []
 
 
+def test_an_outbox_that_cannot_be_written_stops_the_run_before_measuring(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "homes"
+    homes(root, {"alice": 100})
+    config = agent_config(tmp_path, root)
+    (tmp_path / "agent" / "cache").write_text("a file where the folder should be")
+    tokens = token_file(tmp_path, "qd_x")
+    code, out, err = run(
+        capsys,
+        "--config",
+        str(config),
+        "scan",
+        "--push",
+        "http://127.0.0.1:1",
+        "--token-file",
+        str(tokens),
+    )
+    assert code == 2
+    assert out == ""
+    assert "cannot keep scans in the outbox" in err
+
+
 # --------------------------------------------------------------------------
 # the retry loop, on a scripted server and a fake clock
 
