@@ -43,7 +43,6 @@ STATUS: dict[type[QuotadError], int] = {
 
 # Starlette raises these itself (routing, body parsing); same format, our codes.
 HTTP_CODES = {
-    400: "bad_request",
     401: "unauthorized",
     403: "forbidden",
     404: "not_found",
@@ -102,8 +101,18 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(422, "invalid_input", validation_detail(exc.errors()))
 
 
+# FastAPI answers 400 to a body it cannot decode at all (bytes that are not UTF-8,
+# nesting too deep), and raises it for nothing else.
+UNPARSABLE_BODY = 400
+
+
 async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == UNPARSABLE_BODY:
+        # Input the contract calls invalid, like a body that is not JSON (422).
+        return error_response(
+            422, InvalidInput.code, "the request body cannot be read as JSON in UTF-8"
+        )
     code = HTTP_CODES.get(exc.status_code, "error")
     detail = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
     if exc.status_code == 404 and detail == "Not Found":  # noqa: PLR2004 - the router's own

@@ -34,6 +34,23 @@ def test_malformed_json_is_422(api: Api) -> None:
     assert "JSON" in response.json()["detail"]
 
 
+@pytest.mark.parametrize(
+    "body", [b'{"email": "\xff"}', b"[" * 100_000 + b"]" * 100_000], ids=["not UTF-8", "too deep"]
+)
+def test_undecodable_body_is_422(api: Api, body: bytes) -> None:
+    # FastAPI answers such a body with a 400 of its own, which no endpoint documents.
+    response = api.client.put(
+        "/members/alice",
+        content=body,
+        headers={**bearer(api.token("admin")), "Content-Type": "application/json"},
+    )
+    assert response.status_code == 422
+    assert response.json() == {
+        "error": "invalid_input",
+        "detail": "the request body cannot be read as JSON in UTF-8",
+    }
+
+
 def test_bad_query_is_422(api: Api) -> None:
     admin = bearer(api.token("admin"))
     for query in ("limit=0", "limit=1001", "limit=ten"):
