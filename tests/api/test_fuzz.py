@@ -1,0 +1,149 @@
+"""A schema fuzz of every operation in /openapi.json, as each role that may call it.
+
+Schemathesis generates requests from the published schema, valid ones and
+invalid ones, and checks every answer: never a 5xx, a status the operation
+documents, a documented content type, and a body that matches the schema
+declared for that status. Each operation is also fuzzed with no credentials.
+The ledger is SQLite: what is fuzzed is the HTTP layer, which both ledgers
+share; the database-specific cases have their own tests (test_errors.py).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from tests.api.conftest import NOW, Api, bearer
+
+# SQLite only (see the docstring): the `ledger` fixture takes one parameter here.
+pytestmark = [pytest.mark.slow, pytest.mark.parametrize("ledger", ["sqlite"], indirect=True)]
+
+ANONYMOUS = "anonymous"
+MEMBER = "alice"
+
+# Who may call what (INTERFACE.md section 4). Every operation the schema
+# publishes must be listed, so a new endpoint cannot go unfuzzed.
+CALLERS: dict[str, tuple[str, ...]] = {
+    "GET /healthz": (),
+    "GET /metrics": (),
+    "GET /me/usage": ("member",),
+    "GET /me/usage/history": ("member",),
+    "GET /members": ("admin", "portal"),
+    "PUT /members/{name}": ("admin", "portal"),
+    "GET /members/{name}/usage": ("admin", "portal", "member"),
+    "GET /members/{name}/usage/history": ("admin", "portal", "member"),
+    "PUT /members/{name}/quotas/{scope}": ("admin",),
+    "DELETE /members/{name}/quotas/{scope}": ("admin",),
+    "GET /report": ("admin",),
+    "GET /audit": ("admin",),
+    "POST /scans": ("scanner",),
+}
+
+RUNS = [(op, role) for op, roles in CALLERS.items() for role in (*roles, ANONYMOUS)]
+
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
+
+# Derandomized, so a run in CI is the run a developer repeats; the budget
+# keeps the whole fuzz near a minute on two slow cores.
+EXAMPLES = 25
+ANONYMOUS_EXAMPLES = 5
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+
+
+@dataclass
+class Target:
+    api: Api
+    schema: Any
+    tokens: dict[str, str]
+
+
+@pytest.fixture
+def target(api: Api) -> Iterator[Target]:
+    """The app on a ledger with members, scans and a quota override, and a token per role."""
+    api.record("old", NOW - dt.timedelta(days=2), [(MEMBER, 100, 1)])
+    api.record("homes", NOW - dt.timedelta(hours=1), [(MEMBER, 1500, 3), ("bob", 700, 2)])
+    admin = api.token("admin")
+    api.client.put(
+        f"/members/{MEMBER}/quotas/total",
+        json={"soft_bytes": 3000, "hard_bytes": 4000, "reason": "seeded for the fuzz"},
+        headers=bearer(admin),
+    ).raise_for_status()
+    tokens = {
+        "admin": admin,
+        "portal": api.token("portal"),
+        "member": api.token("member", MEMBER),
+        "scanner": api.token("scanner"),
+    }
+    schema = schemathesis.openapi.from_asgi("/openapi.json", api.app)
+    yield Target(api, schema, tokens)
+    # Schemathesis keeps the app's lifespan running until the process ends;
+    # the app's own engine is let go here, with the test's ledger.
+    api.app.state.quotad.engine.dispose()
+
+
+def test_every_operation_is_fuzzed(target: Target) -> None:
+    published = {
+        f"{method.upper()} {path}"
+        for path, item in target.schema.raw_schema["paths"].items()
+        for method in item
+    }
+    assert published == set(CALLERS)
+
+
+def _cases(operation: Any) -> st.SearchStrategy[Any]:
+    """Valid and invalid requests, some about a member that exists and has data."""
+    known: dict[str, str] = {}
+    names = {p.name for p in operation.path_parameters}
+    if "name" in names:
+        known["name"] = MEMBER
+    if "scope" in names:
+        known["scope"] = "total"
+    strategies = [
+        operation.as_strategy(schemathesis.GenerationMode.POSITIVE),
+        operation.as_strategy(schemathesis.GenerationMode.NEGATIVE),
+    ]
+    if known:
+        strategies += [
+            operation.as_strategy(schemathesis.GenerationMode.POSITIVE, path_parameters=known),
+            operation.as_strategy(schemathesis.GenerationMode.NEGATIVE, path_parameters=known),
+        ]
+    return st.one_of(strategies)
+
+
+@pytest.mark.parametrize(("label", "role"), RUNS, ids=[f"{op} as {role}" for op, role in RUNS])
+def test_fuzz(target: Target, label: str, role: str) -> None:
+    method, path = label.split(" ", 1)
+    operation = target.schema[path][method]
+    headers = {} if role == ANONYMOUS else bearer(target.tokens[role])
+    examples = ANONYMOUS_EXAMPLES if role == ANONYMOUS and CALLERS[label] else EXAMPLES
+
+    @settings(FUZZ, max_examples=examples)
+    @given(case=_cases(operation))
+    def fuzz(case: Any) -> None:
+        case.call_and_validate(headers=headers, checks=CHECKS)
+
+    fuzz()
