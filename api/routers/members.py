@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response, status
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Response, status
 
 from api.deps import SessionDep, StaffDep, WriteSessionDep, actor_of
 from api.schemas.common import errors
@@ -10,6 +12,18 @@ from api.schemas.members import MemberIn, MemberOut
 from quotad.members.models import Member
 from quotad.members.service import MemberService
 from quotad.timeutil import format_time
+from scanners.base import MEMBER_NAME_RE
+
+# The rule for a member's name, published so a client knows it; checked by
+# MemberService, which words the 422 the same for the API and the CLI.
+MemberName = Annotated[
+    str,
+    Path(
+        description="lower-case letters, digits, '_', '.' and '-', "
+        "starting with a letter or '_', at most 64",
+        json_schema_extra={"pattern": MEMBER_NAME_RE.pattern},
+    ),
+]
 
 router = APIRouter(tags=["members"])
 
@@ -36,7 +50,11 @@ def list_members(principal: StaffDep, session: SessionDep) -> list[MemberOut]:
     },
 )
 def put_member(
-    name: str, body: MemberIn, principal: StaffDep, session: WriteSessionDep, response: Response
+    name: MemberName,
+    body: MemberIn,
+    principal: StaffDep,
+    session: WriteSessionDep,
+    response: Response,
 ) -> MemberOut:
     """Create the member, or update the fields given; a field sent as null is cleared."""
     changes = body.model_dump(include=body.model_fields_set)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -102,3 +103,18 @@ def test_leaving_before_joining_on_update_is_422(api: Api, staff: dict[str, str]
         "error": "invalid_input",
         "detail": "a member cannot leave before joining",
     }
+
+
+@pytest.mark.parametrize(
+    "name", ["_", "a" * 64, "a" * 65, "x.y-z_0", "0a", "-a", "Alice", "al ice", "é"]
+)
+def test_the_published_name_rule_is_the_one_checked(
+    api: Api, staff: dict[str, str], name: str
+) -> None:
+    # Without the rule in the schema a client (or a fuzzer) cannot tell which
+    # names are refused.
+    operation = api.client.get("/openapi.json").json()["paths"]["/members/{name}"]["put"]
+    (parameter,) = operation["parameters"]
+    published = re.search(parameter["schema"]["pattern"], name) is not None
+    response = api.client.put(f"/members/{name}", json={}, headers=staff)
+    assert response.status_code == (201 if published else 422), response.text
