@@ -365,12 +365,12 @@ def test_rebuild_current_command(demo: Path, capsys: pytest.CaptureFixture[str])
 KILL_SCRIPT = """
 import sys, time
 from quotad.ledger import repository
-original = repository.LedgerRepository.apply_samples_to_current
-def stall(self, rows):
-    original(self, rows)
+original = repository.LedgerRepository.apply_scan_to_current
+def stall(self, scan_id, source_id, rows):
+    original(self, scan_id, source_id, rows)
     print("inside", flush=True)
     time.sleep(120)
-repository.LedgerRepository.apply_samples_to_current = stall
+repository.LedgerRepository.apply_scan_to_current = stall
 from quotad.cli import main
 sys.exit(main(["--config", sys.argv[1], "scan"]))
 """

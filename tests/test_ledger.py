@@ -6,13 +6,14 @@ import datetime as dt
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select, text
 
-from quotad.db import make_engine, session_scope
+from quotad.db import make_engine, session_scope, table_of
 from quotad.errors import Conflict, InvalidInput
-from quotad.ledger.models import CurrentUsage, MeasurementFailure, Scan, UsageSample
+from quotad.ledger.models import CurrentUsage, MeasurementFailure, Resource, Scan, UsageSample
 from quotad.ledger.service import LedgerService, RecordResult, ScanInput
 from quotad.members.models import Member
 from quotad.members.service import MemberService
@@ -312,3 +313,154 @@ def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path: Path) -> None:
             assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
     finally:
         engine.dispose()
+
+
+# Names a scanner can report: tabs, newlines, backslashes (and COPY's own
+# `\N` for NULL), quotes, spaces, non-ASCII and characters outside the BMP.
+ODD_NAMES = (
+    "tab\there",
+    "new\nline",
+    "carriage\rreturn",
+    "back\\slash",
+    "\\N",
+    "\\.",
+    'it\'s "quoted"',
+    " leading and trailing ",
+    "r\\xe9sum\\xe9",
+    "Ünïcödé ☃ 日本語",
+    "emoji 📁\u2028sep",
+    "a;b,c|d",
+)
+
+
+def snapshot_rows(ledger: Ledger) -> dict[str, list[tuple[object, ...]]]:
+    """Every row the recording wrote, ids included, with SQL NULL and JSON null told apart."""
+    res, smp = table_of(Resource), table_of(UsageSample)
+    fail, cur = table_of(MeasurementFailure), table_of(CurrentUsage)
+    queries: dict[str, Any] = {
+        "resources": select(res.c.id, res.c.source_id, res.c.kind, res.c.name).order_by(res.c.id),
+        "usage_samples": select(
+            smp.c.id,
+            smp.c.resource_id,
+            smp.c.member_id,
+            smp.c.measured_at,
+            smp.c.bytes,
+            smp.c.files,
+            smp.c.present,
+            smp.c.detail,
+            smp.c.detail.is_(None),
+        ).order_by(smp.c.id),
+        "measurement_failures": select(
+            fail.c.id, fail.c.resource_id, fail.c.member_id, fail.c.failed_at, fail.c.error
+        ).order_by(fail.c.id),
+        "current_usage": select(
+            cur.c.resource_id,
+            cur.c.source_id,
+            cur.c.member_id,
+            cur.c.measured_at,
+            cur.c.bytes,
+            cur.c.files,
+            cur.c.present,
+            cur.c.detail,
+            cur.c.detail.is_(None),
+            cur.c.error,
+            cur.c.error_at,
+        ).order_by(cur.c.resource_id),
+    }
+    with ledger.engine.connect() as conn:
+        # SQLite answers IS NULL with 0 or 1.
+        return {
+            table: [
+                tuple(
+                    bool(v) if isinstance(v, int) and v in (0, 1) and i == 8 else v
+                    for i, v in enumerate(row)
+                )
+                for row in conn.execute(query)
+            ]
+            for table, query in queries.items()
+        }
+
+
+def test_bulk_writes_store_the_same_rows_on_every_ledger(ledger: Ledger) -> None:
+    """PostgreSQL writes with COPY, SQLite with INSERT: the rows stored are the same."""
+    first = [
+        Measurement(
+            f"m{i % 7}" if i % 5 else None,
+            "tree",
+            f"{ODD_NAMES[i % len(ODD_NAMES)]} {i}",
+            i * 1000 + 1,
+            i,
+            {"note": ODD_NAMES[i % len(ODD_NAMES)], "n": i} if i % 3 == 0 else {},
+        )
+        for i in range(2500)  # more than one CHUNK: the INSERT path sends several
+    ]
+    broken = ResourceFailure("m1", "tree", "tab\there failed", "cannot read\tit\\ \n")
+    record(ledger, scan(T0, first, [broken]))
+    # A rescan: most resources known, some new, some gone, one failing.
+    later = T0 + dt.timedelta(days=1)
+    second = [
+        Measurement(m.member, m.kind, m.name, m.bytes + 1, m.files, m.detail) for m in first[:2000]
+    ] + [Measurement("m2", "tree", f"new {name}", 5, 1) for name in ODD_NAMES]
+    busy = ResourceFailure(None, "tree", first[2100].name, "busy")
+    result = record(ledger, scan(later, second, [busy]))
+    # Gone: first[2000:2100], first[2101:] and the resource that only ever failed.
+    assert (result.measurements, result.failures, result.zeroed) == (len(second), 1, 500)
+
+    rows = snapshot_rows(ledger)
+    with session_scope(ledger.engine) as session:
+        ids = {member.name: member.id for member in session.scalars(select(Member))}
+    names = [m.name for m in first] + [broken.name] + [f"new {name}" for name in ODD_NAMES]
+    assert rows["resources"] == [(i + 1, 1, "tree", name) for i, name in enumerate(names)]
+    at0, at1 = T0, later
+
+    def sample(id_: int, rid: int, m: Measurement, at: dt.datetime) -> tuple[object, ...]:
+        member = ids[m.member] if m.member else None
+        detail = dict(m.detail) or None
+        return (id_, rid, member, at, m.bytes, m.files, True, detail, False)
+
+    gone = [*range(2001, 2101), *range(2102, 2501), 2501]
+    expected = (
+        [sample(i + 1, i + 1, m, at0) for i, m in enumerate(first)]
+        + [sample(2501 + i, i + 1, m, at1) for i, m in enumerate(second[:2000])]
+        + [sample(4501 + i, 2502 + i, m, at1) for i, m in enumerate(second[2000:])]
+        # No detail is JSON null, never SQL NULL, on both ledgers.
+        + [
+            (4501 + len(ODD_NAMES) + i, rid, None, at1, 0, 0, False, None, False)
+            for i, rid in enumerate(gone)
+        ]
+    )
+    assert rows["usage_samples"] == expected
+    assert rows["measurement_failures"] == [
+        (1, 2501, ids["m1"], at0, broken.error),
+        (2, 2101, None, at1, "busy"),
+    ]
+    current_rows = {r[0]: r[1:] for r in rows["current_usage"]}
+    assert len(current_rows) == len(names)
+    assert current_rows[1] == (
+        1,
+        None,
+        at1,
+        2,
+        0,
+        True,
+        {"note": ODD_NAMES[0], "n": 0},
+        False,
+        None,
+        None,
+    )
+    assert current_rows[2101] == (
+        1,
+        None,
+        at0,
+        2100 * 1000 + 1,
+        2100,
+        True,
+        {"note": ODD_NAMES[0], "n": 2100},
+        False,
+        "busy",
+        at1,
+    )
+    for rid in gone:
+        assert current_rows[rid][1:] == (None, at1, 0, 0, False, None, False, None, None)
+    for i in range(len(ODD_NAMES)):
+        assert current_rows[2502 + i] == (1, ids["m2"], at1, 5, 1, True, None, False, None, None)

@@ -172,9 +172,7 @@ class LedgerService:
         zeros = self._vanished(scan, source.id, plan.seen)
         self.repo.insert_samples(plan.samples + zeros)
         self.repo.insert_failures(plan.failures)
-        self.repo.apply_samples_to_current(
-            [{**row, "source_id": source.id} for row in plan.samples + zeros]
-        )
+        self.repo.apply_scan_to_current(scan.scan_id, source.id, plan.samples + zeros)
         self.repo.apply_failures_to_current(
             [
                 {
@@ -254,12 +252,10 @@ class LedgerService:
                 "present": False,
                 "detail": None,
             }
-            for rid, present, measured_at in self.repo.current_for_source(source_id)
-            if present
-            and rid not in seen
             # A scan arriving late never erases what a newer scan found; one
             # in the same second as the last is recorded after it, so it is newer.
-            and (measured_at is None or measured_at <= scan.finished_at)
+            for rid in self.repo.present_in_source(source_id, scan.finished_at)
+            if rid not in seen
         ]
 
     def rebuild_current_usage(self) -> int:
