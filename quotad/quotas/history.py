@@ -40,7 +40,11 @@ def boundaries(start: dt.datetime, end: dt.datetime, step: str) -> list[dt.datet
     if step == "day":
         first = first.replace(hour=0)
     if first < start:
-        first += size
+        try:
+            first += size
+        except OverflowError:
+            # START is in the calendar's last hour or day: no boundary follows it.
+            return []
     count = (end - first) // size + 1 if first <= end else 0
     if count > MAX_POINTS:
         raise InvalidInput(
@@ -82,7 +86,12 @@ def usage_history(
     if step not in STEPS:
         raise InvalidInput(f"step must be hour or day, not {step!r}")
     end = end or now
-    start = start or end - DEFAULT_SPAN[step]
+    if start is None:
+        try:
+            start = end - DEFAULT_SPAN[step]
+        except OverflowError:
+            # An END in the calendar's first days: the span starts with the calendar.
+            start = dt.datetime.min.replace(tzinfo=dt.UTC)
     instants = boundaries(start, end, step)
     member = MemberService(session, actor).get(name)
     if not instants:

@@ -120,6 +120,29 @@ def test_the_largest_range_is_served_and_one_more_point_is_refused(history: Api)
 
 
 @pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        # The default start, a span before END, would be before the calendar's first day.
+        ({"end": "0001-01-01T01:15:23Z"}, [{"at": "0001-01-01T00:00:00Z", "bytes": 0}]),
+        (
+            {"end": "0001-01-02T00:00:00Z", "step": "hour"},
+            [{"at": f"0001-01-01T{h:02}:00:00Z", "bytes": 0} for h in range(24)]
+            + [{"at": "0001-01-02T00:00:00Z", "bytes": 0}],
+        ),
+        # No whole hour or day follows START before the calendar ends.
+        ({"start": "9999-12-31T23:30:00Z", "end": "9999-12-31T23:59:59Z", "step": "hour"}, []),
+        ({"start": "9999-12-31T05:00:00Z", "end": "9999-12-31T23:59:59Z"}, []),
+    ],
+)
+def test_the_ends_of_the_calendar(
+    history: Api, params: dict[str, str], expected: list[dict[str, Any]]
+) -> None:
+    response = get(history, history.token("member", "alice"), **params)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"member": "alice", "points": expected}
+
+
+@pytest.mark.parametrize(
     "params",
     [
         {"step": "week"},
