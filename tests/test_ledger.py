@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import random
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,7 +16,7 @@ from sqlalchemy import func, select, text
 from quotad.db import make_engine, session_scope, table_of
 from quotad.errors import Conflict, InvalidInput
 from quotad.ledger.models import CurrentUsage, MeasurementFailure, Resource, Scan, UsageSample
-from quotad.ledger.service import LedgerService, RecordResult, ScanInput
+from quotad.ledger.service import LedgerService, RecordResult, ScanInput, over_since
 from quotad.members.models import Member
 from quotad.members.service import MemberService
 from scanners.base import Measurement, ResourceFailure
@@ -464,3 +466,39 @@ def test_bulk_writes_store_the_same_rows_on_every_ledger(ledger: Ledger) -> None
         assert current_rows[rid][1:] == (None, at1, 0, 0, False, None, False, None, None)
     for i in range(len(ODD_NAMES)):
         assert current_rows[2502 + i] == (1, ids["m2"], at1, 5, 1, True, None, False, None, None)
+
+
+def test_over_since_in_the_database_replays_history_as_python_does(ledger: Ledger) -> None:
+    """LedgerService.over_since against over_since() of member_history, on random histories."""
+    rng = random.Random(20261130)
+    sources = {"homes": ("tree", ["h1", "h2", "h3"]), "mail": ("maildir", ["m1", "m2"])}
+    owners = ["alice", "alice", "alice", "bob", None]
+    at = T0
+    for _ in range(40):
+        # Mostly forward, sometimes the same second, sometimes a late scan.
+        step = rng.choice([0, 60, 3600, 3600, 86400, -7200])
+        at += dt.timedelta(seconds=step)
+        source = rng.choice(list(sources))
+        kind, names = sources[source]
+        found = [n for n in names if rng.random() < 0.8]
+        failed = [n for n in found if rng.random() < 0.1]
+        measured = [
+            Measurement(rng.choice(owners), kind, n, rng.choice([0, 5, 10, 50, 100]), 1)
+            for n in found
+            if n not in failed
+        ]
+        failures = [ResourceFailure("alice", kind, n, "busy") for n in failed]
+        item = ScanInput(uuid.uuid4(), source, kind, at - dt.timedelta(seconds=5), at, measured)
+        record(ledger, dataclasses.replace(item, failures=failures))
+
+    with session_scope(ledger.engine) as session:
+        service = LedgerService(session)
+        alice = MemberService(session, "t").get("alice").id
+        for kinds in (None, ["tree"], ["maildir"]):
+            history = service.member_history(alice, kinds)
+            flags = None if kinds is None else dict.fromkeys(kinds, True)
+            for limit in (-1, 0, 5, 10, 50, 99, 100, 150, 200, 250, 300, 1000):
+                want = over_since(history, alice, limit, flags)
+                assert service.over_since(alice, limit, kinds) == want, (kinds, limit)
+        # A member without samples is over nothing.
+        assert service.over_since(alice + 1000, -1) is None

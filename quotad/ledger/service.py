@@ -324,6 +324,17 @@ class LedgerService:
     ) -> list[SamplePoint]:
         return self.repo.member_history(member_id, kinds)
 
+    def over_since(
+        self, member_id: int, limit: int, kinds: Sequence[str] | None = None
+    ) -> dt.datetime | None:
+        """over_since(member_history(member_id, kinds), member_id, limit), in the database.
+
+        A member over a limit is asked this on every read of its usage: the
+        database replays the history where it is kept, instead of sending a
+        year of samples to be replayed here.
+        """
+        return self.repo.over_since(member_id, limit, kinds)
+
 
 def over_since(
     points: Sequence[SamplePoint],

@@ -14,7 +14,7 @@ from quotad.config import QuotaLimit, Settings
 from quotad.db import utcnow
 from quotad.errors import InvalidInput, NotFound
 from quotad.ledger.repository import CurrentRow
-from quotad.ledger.service import LedgerService, over_since
+from quotad.ledger.service import LedgerService
 from quotad.members.models import Member
 from quotad.members.service import MemberService
 from quotad.quotas.models import QuotaOverride
@@ -184,11 +184,8 @@ class QuotaService:
             since = None
             if used > limit.soft_bytes:
                 # Only members over a limit pay for replaying their history.
-                kinds = None if scope == "total" else {scope: True}
-                history = self.ledger.member_history(
-                    member.id, None if scope == "total" else [scope]
-                )
-                since = over_since(history, member.id, limit.soft_bytes, kinds)
+                kinds = None if scope == "total" else [scope]
+                since = self.ledger.over_since(member.id, limit.soft_bytes, kinds)
             state, ends = quota_state(used, limit, since, now)
             result.append(QuotaStatus(limit, used, state, ends, overridden))
         return result
