@@ -59,10 +59,12 @@ importlint: deps
 pytest: deps services mailman-env
 	$(BIN)/pytest
 
-bench: deps
+# bench/api.py needs PostgreSQL on 127.0.0.1:5432 (a scratch database, dropped afterwards).
+bench: deps services
 	$(BIN)/python bench/tree_scan.py
 	$(BIN)/python bench/maildir_scan.py
 	$(BIN)/python bench/afs_listing.py
+	$(BIN)/python bench/api.py
 
 deps: system-deps $(STAMP)
 
