@@ -46,7 +46,7 @@ def list_members(principal: StaffDep, session: SessionDep) -> list[MemberOut]:
     "/members/{name}",
     responses={
         201: {"model": MemberOut, "description": "created"},
-        **errors(401, 403, 409, 422),
+        **errors(401, 403, 409, 413, 422),
     },
 )
 def put_member(

@@ -16,7 +16,7 @@ router = APIRouter(tags=["quotas"])
 DEFAULT_RESET_REASON = "reset to the default plan"
 
 
-@router.put("/members/{name}/quotas/{scope}", responses=errors(401, 403, 404, 422))
+@router.put("/members/{name}/quotas/{scope}", responses=errors(401, 403, 404, 413, 422))
 def set_quota(
     *,
     name: str,

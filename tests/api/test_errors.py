@@ -95,6 +95,28 @@ def test_body_over_max_body_is_413(api: Api, small_body: TestClient) -> None:
     assert response.status_code == 201
 
 
+def test_every_body_can_be_too_large_and_says_so(api: Api, small_body: TestClient) -> None:
+    # Whatever the endpoint, the limit answers first; the schema must say so.
+    admin = bearer(api.token("admin"))
+    operations = [
+        (method.upper(), path, operation)
+        for path, item in small_body.get("/openapi.json").json()["paths"].items()
+        for method, operation in item.items()
+        if "requestBody" in operation
+    ]
+    assert {f"{m} {p}" for m, p, _ in operations} == {
+        "PUT /members/{name}",
+        "PUT /members/{name}/quotas/{scope}",
+        "POST /scans",
+    }
+    for method, path, operation in operations:
+        assert "413" in operation["responses"], path
+        url = path.format(name="alice", scope="total")
+        response = small_body.request(method, url, json={"padding": "x" * 100}, headers=admin)
+        assert response.status_code == 413, path
+        assert response.json()["error"] == "too_large"
+
+
 def test_unmigrated_ledger_is_503_until_upgraded(tmp_path: Path) -> None:
     settings = parse_settings(
         {"database_url": f"sqlite:///{tmp_path / 'new.db'}"}, file_label="<t>", base_dir=tmp_path
