@@ -3,7 +3,9 @@
 Schemathesis generates requests from the published schema, valid ones and
 invalid ones, and checks every answer: never a 5xx, a status the operation
 documents, a documented content type, and a body that matches the schema
-declared for that status. Each operation is also fuzzed with no credentials.
+declared for that status. Each operation is also fuzzed by outsiders: with no
+credentials and as each role that may not call it. The body limit is set low,
+so large generated bodies meet the 413 too.
 The ledger is SQLite: what is fuzzed is the HTTP layer, which both ledgers
 share; the database-specific cases have their own tests (test_errors.py).
 """
@@ -17,6 +19,7 @@ from typing import Any
 
 import pytest
 import schemathesis
+from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
@@ -26,13 +29,17 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.api.conftest import NOW, Api, bearer, z
+from api.app import create_app
+from tests.api.conftest import NOW, PLAN, Api, bearer, z
+from tests.conftest import Ledger
 
 # SQLite only (see the docstring): the `ledger` fixture takes one parameter here.
 pytestmark = [pytest.mark.slow, pytest.mark.parametrize("ledger", ["sqlite"], indirect=True)]
 
-ANONYMOUS = "anonymous"
+ROLES = ("admin", "portal", "member", "scanner")
+OUTSIDERS = "outsiders"
 MEMBER = "alice"
+MAX_BODY = 1024
 
 # Who may call what (INTERFACE.md section 4). Every operation the schema
 # publishes must be listed, so a new endpoint cannot go unfuzzed.
@@ -52,7 +59,7 @@ CALLERS: dict[str, tuple[str, ...]] = {
     "POST /scans": ("scanner",),
 }
 
-RUNS = [(op, role) for op, roles in CALLERS.items() for role in (*roles, ANONYMOUS)]
+RUNS = [(op, role) for op, roles in CALLERS.items() for role in (*roles, OUTSIDERS)]
 
 CHECKS = [
     not_a_server_error,
@@ -64,7 +71,7 @@ CHECKS = [
 # Derandomized, so a run in CI is the run a developer repeats; the budget
 # keeps the whole fuzz near a minute on two slow cores.
 EXAMPLES = 40
-ANONYMOUS_EXAMPLES = 5
+OUTSIDER_EXAMPLES = 5
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,
@@ -79,6 +86,16 @@ class Target:
     api: Api
     schema: Any
     tokens: dict[str, str]
+
+
+@pytest.fixture
+def api(ledger: Ledger) -> Iterator[Api]:
+    """The conftest's app, with a body limit a generated body can reach."""
+    settings = ledger.settings(PLAN.replace("[server]\n", f'[server]\nmax_body = "{MAX_BODY}"\n'))
+    assert settings.server.max_body == MAX_BODY
+    app = create_app(settings)
+    with TestClient(app) as client:
+        yield Api(ledger, settings, app, client)
 
 
 @pytest.fixture
@@ -98,6 +115,7 @@ def target(api: Api) -> Iterator[Target]:
         "member": api.token("member", MEMBER),
         "scanner": api.token("scanner"),
     }
+    assert set(tokens) == set(ROLES)
     schema = schemathesis.openapi.from_asgi("/openapi.json", api.app)
     yield Target(api, schema, tokens)
     # Schemathesis keeps the app's lifespan running until the process ends;
@@ -131,6 +149,12 @@ def _cases(operation: Any) -> st.SearchStrategy[Any]:
             operation.as_strategy(schemathesis.GenerationMode.POSITIVE, path_parameters=known),
             operation.as_strategy(schemathesis.GenerationMode.NEGATIVE, path_parameters=known),
         ]
+    if operation.body:
+        # Generated bodies seldom grow past even a low limit: one surely does.
+        oversized = {"padding": "x" * MAX_BODY}
+        strategies.append(
+            operation.as_strategy(schemathesis.GenerationMode.POSITIVE, body=oversized)
+        )
     return st.one_of(strategies)
 
 
@@ -174,14 +198,30 @@ def _scans(operation: Any) -> st.SearchStrategy[Any]:
 def test_fuzz(target: Target, label: str, role: str) -> None:
     method, path = label.split(" ", 1)
     operation = target.schema[path][method]
-    headers = {} if role == ANONYMOUS else bearer(target.tokens[role])
-    examples = ANONYMOUS_EXAMPLES if role == ANONYMOUS and CALLERS[label] else EXAMPLES
+    if role == OUTSIDERS:
+        # No credentials, then each role that may not call it (all of them
+        # for the endpoints that need none).
+        callers: list[dict[str, str]] = [{}] + [
+            bearer(target.tokens[r]) for r in ROLES if r not in CALLERS[label]
+        ]
+        examples = OUTSIDER_EXAMPLES if CALLERS[label] else EXAMPLES
+    else:
+        callers = [bearer(target.tokens[role])]
+        examples = EXAMPLES
+    strategy = _scans(operation) if label == "POST /scans" else _cases(operation)
 
+    for headers in callers:
+        _fuzz(strategy, headers, examples, twice=method in {"PUT", "POST"})
+
+
+def _fuzz(
+    strategy: st.SearchStrategy[Any], headers: dict[str, str], examples: int, *, twice: bool
+) -> None:
     @settings(FUZZ, max_examples=examples)
-    @given(case=_scans(operation) if label == "POST /scans" else _cases(operation))
+    @given(case=strategy)
     def fuzz(case: Any) -> None:
         case.call_and_validate(headers=headers, checks=CHECKS)
-        if method in {"PUT", "POST"}:
+        if twice:
             # Sent again: a replay or an update that changes nothing answers too.
             case.call_and_validate(headers=headers, checks=CHECKS)
 
