@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from api import errors, metrics
 from api.deps import Context
 from api.routers import audit, health, history, members, quotas, scans, usage
+from api.schemas.common import errors as error_responses
 from quotad.config import Settings
 from quotad.db import make_engine
 
@@ -35,6 +36,9 @@ def create_app(settings: Settings) -> FastAPI:
         version="0.1.0",
         docs_url="/docs",
         redoc_url=None,
+        # Every endpoint answers 503 while the ledger is not migrated or not
+        # answering, so every one documents it.
+        responses=error_responses(503),
     )
     app.state.quotad = Context(settings=settings, engine=engine)
     errors.install(app, settings.server.max_body)

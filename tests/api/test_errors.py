@@ -123,6 +123,9 @@ def test_unmigrated_ledger_is_503_until_upgraded(tmp_path: Path) -> None:
     )
     app = create_app(settings)
     with TestClient(app) as client:
+        for path, item in client.get("/openapi.json").json()["paths"].items():
+            for method, operation in item.items():
+                assert "503" in operation["responses"], f"{method} {path}"
         for path in ("/healthz", "/me/usage", "/members"):
             response = client.get(path, headers=bearer("whatever"))
             assert response.status_code == 503, path
