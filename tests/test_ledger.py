@@ -15,6 +15,7 @@ from sqlalchemy import func, select, text
 
 from quotad.db import make_engine, session_scope, table_of
 from quotad.errors import Conflict, InvalidInput
+from quotad.ledger import repository
 from quotad.ledger.models import CurrentUsage, MeasurementFailure, Resource, Scan, UsageSample
 from quotad.ledger.service import LedgerService, RecordResult, ScanInput, over_since
 from quotad.members.models import Member
@@ -502,3 +503,20 @@ def test_over_since_in_the_database_replays_history_as_python_does(ledger: Ledge
                 assert service.over_since(alice, limit, kinds) == want, (kinds, limit)
         # A member without samples is over nothing.
         assert service.over_since(alice + 1000, -1) is None
+
+
+def test_copy_conversions_are_remembered_per_type_and_value() -> None:
+    calls: list[object] = []
+
+    def convert(value: object) -> str:
+        calls.append(value)
+        return repr(value)
+
+    remembered = repository._remembering(convert)
+    assert remembered is not None
+    assert [remembered(v) for v in (1, True, 1, True, 1.0)] == ["1", "True", "1", "True", "1.0"]
+    assert calls == [1, True, 1.0]
+    # Unhashable values (a detail) are converted every time.
+    assert remembered({"a": 1}) == remembered({"a": 1}) == "{'a': 1}"
+    assert len(calls) == 5
+    assert repository._remembering(None) is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import operator
 import uuid
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
@@ -137,14 +138,21 @@ class LedgerRepository:
         driver = connection.connection.driver_connection
         if driver is None:  # pragma: no cover - a checked-out connection always has one
             raise RuntimeError("the session's connection has no driver connection")
+        get = operator.itemgetter(*names)
+
+        def values_of(row: dict[str, Any]) -> Any:
+            # itemgetter gives a tuple for several names, the value itself for one.
+            return get(row) if len(names) > 1 else (get(row),)
+
+        converted = [(i, process) for i, process in enumerate(processors) if process is not None]
         with driver.cursor() as cursor, cursor.copy(statement) as copy:
             for row in rows:
-                copy.write_row(
-                    [
-                        row[name] if process is None else process(row[name])
-                        for name, process in zip(names, processors, strict=True)
-                    ]
-                )
+                values = values_of(row)
+                if converted:
+                    values = list(values)
+                    for i, process in converted:
+                        values[i] = process(values[i])
+                copy.write_row(values)
 
     # Sources and scans
 
