@@ -22,7 +22,10 @@ def create_app(settings: Settings) -> FastAPI:
     every endpoint answers 503 `ledger_not_ready`, /healthz included, so a
     `quotad db upgrade` run later needs no restart.
     """
-    engine = make_engine(settings.database_url)
+    # Sync routes run on up to 40 worker threads. A pool smaller than that
+    # closes every connection over its size on return, and a busy server then
+    # opens a new database connection for nearly every request.
+    engine = make_engine(settings.database_url, pool_size=20, max_overflow=20)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import ipaddress
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from sqlalchemy import Engine
@@ -45,7 +45,9 @@ class Context:
                 self._ready = True
 
 
-def get_context(request: Request) -> Context:
+# Dependencies that neither block nor touch the ledger are coroutines: a
+# plain function would cost each request a trip through the thread pool.
+async def get_context(request: Request) -> Context:
     context: Context = request.app.state.quotad
     return context
 
@@ -107,10 +109,10 @@ def get_principal(request: Request, context: ContextDep) -> Principal:
     raise Unauthorized("credentials are required: send `Authorization: Bearer TOKEN`")
 
 
-def require(*roles: str) -> Callable[[Principal], Principal]:
+def require(*roles: str) -> Callable[[Principal], Coroutine[Any, Any, Principal]]:
     allowed = ", ".join(roles)
 
-    def check(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+    async def check(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
         if principal.role not in roles:
             raise Forbidden(f"the {principal.role} role may not do this (allowed: {allowed})")
         return principal

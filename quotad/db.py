@@ -74,7 +74,12 @@ def make_engine(database_url: str, **kwargs: Any) -> Engine:
     """An engine for the ledger; SQLite gets WAL, foreign keys and real transactions."""
     url = make_url(database_url)
     if url.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True, **kwargs)
+        # No ping before each checkout: it costs every request a round trip.
+        # A connection the server dropped (a restart) fails its next
+        # statement; SQLAlchemy then recycles every pooled connection, so one
+        # request per worker sees "ledger unavailable" (503) and the next
+        # ones reconnect.
+        return create_engine(url, **kwargs)
     if url.database:
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, **kwargs)

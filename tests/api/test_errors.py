@@ -215,3 +215,29 @@ def test_odd_input_is_never_a_500(
     assert response.status_code in expected, response.text
     if response.status_code >= 400:
         assert set(response.json()) == {"error", "detail"}
+
+
+@pytest.mark.parametrize("ledger", ["postgresql"], indirect=True)
+def test_connections_the_database_dropped_are_replaced(api: Api) -> None:
+    # The pool does not ping before each request (a round trip each); when
+    # PostgreSQL drops its connections (a restart, an admin), at most the
+    # first request is answered 503 and the pool is renewed for the rest.
+    import psycopg  # noqa: PLC0415
+
+    from tests.conftest import PG_ADMIN_DSN  # noqa: PLC0415
+
+    admin = bearer(api.token("admin"))
+    for _ in range(3):
+        assert api.client.get("/members", headers=admin).status_code == 200
+    database = api.app.state.quotad.engine.url.database
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+        dropped = conn.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            (database,),
+        ).fetchone()
+    assert dropped is not None
+    assert dropped[0] >= 1
+    statuses = [api.client.get("/members", headers=admin).status_code for _ in range(4)]
+    assert statuses.count(503) <= 1, statuses
+    assert statuses[-3:] == [200, 200, 200], statuses
