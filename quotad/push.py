@@ -245,7 +245,10 @@ class Pusher:
         results: list[Delivery] = []
         stopped: Answer | None = None
         for path in outbox.pending() if paths is None else paths:
-            scan_id, source, body = _read(path)
+            try:
+                scan_id, source, body = _read(path)
+            except FileNotFoundError:
+                continue  # another run at the same time sent it already
             if stopped is not None:
                 results.append(
                     Delivery(path, scan_id, source, PENDING, stopped.status, stopped.detail)

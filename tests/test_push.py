@@ -466,6 +466,15 @@ def test_a_transient_conflict_is_retried_but_a_real_one_is_not(tmp_path: Path) -
     assert script.slept == []
 
 
+def test_a_scan_another_run_sent_meanwhile_is_skipped(tmp_path: Path) -> None:
+    box, path = one_scan(tmp_path)
+    script = Script([])
+    # Listed as pending, then sent and removed by a run at the same time.
+    path.unlink()
+    assert scripted(script, retry_for=60).deliver(box, [path]) == []
+    assert script.sent == []
+
+
 def test_the_outbox_file_is_the_scan(tmp_path: Path) -> None:
     _, path = one_scan(tmp_path)
     scan = scan_from_body(path.read_bytes())
