@@ -23,10 +23,11 @@ class QuotaRepository:
         newest = select(func.max(QuotaOverride.id)).group_by(
             QuotaOverride.member_id, QuotaOverride.scope
         )
-        query = select(QuotaOverride).where(QuotaOverride.id.in_(newest))
         if member_ids is not None:
-            query = query.where(QuotaOverride.member_id.in_(list(member_ids)))
-        return self.session.scalars(query).all()
+            # Inside the grouping: one member's lookup reads that member's
+            # index entries, not every override ever set.
+            newest = newest.where(QuotaOverride.member_id.in_(list(member_ids)))
+        return self.session.scalars(select(QuotaOverride).where(QuotaOverride.id.in_(newest))).all()
 
     def history(self, member_id: int) -> Sequence[QuotaOverride]:
         return self.session.scalars(

@@ -79,10 +79,18 @@ class QuotaService:
         self.audit = AuditService(session, actor)
         self.actor = actor
 
-    def limits(self, member: Member) -> dict[str, tuple[QuotaLimit, bool]]:
-        """Each scope's limit for the member, and whether it is an override."""
+    def limits(
+        self, member: Member, overrides: Sequence[QuotaOverride] | None = None
+    ) -> dict[str, tuple[QuotaLimit, bool]]:
+        """Each scope's limit for the member, and whether it is an override.
+
+        OVERRIDES, when the caller read them already, are the member's
+        newest override rows (QuotaRepository.latest).
+        """
         result = {scope: (limit, False) for scope, limit in self.settings.quota_defaults.items()}
-        for row in self.repo.latest([member.id]):
+        if overrides is None:
+            overrides = self.repo.latest([member.id])
+        for row in overrides:
             if row.cleared:
                 continue
             if row.soft_bytes is None or row.hard_bytes is None or row.grace_seconds is None:
@@ -176,10 +184,14 @@ class QuotaService:
         )
 
     def statuses(
-        self, member: Member, rows: Sequence[CurrentRow], now: dt.datetime
+        self,
+        member: Member,
+        rows: Sequence[CurrentRow],
+        now: dt.datetime,
+        overrides: Sequence[QuotaOverride] | None = None,
     ) -> list[QuotaStatus]:
         result = []
-        for scope, (limit, overridden) in self.limits(member).items():
+        for scope, (limit, overridden) in self.limits(member, overrides).items():
             used = sum(r.bytes for r in rows if scope in ("total", r.kind))
             since = None
             if used > limit.soft_bytes:
@@ -201,14 +213,25 @@ class QuotaService:
         rows_by_member: dict[int | None, list[CurrentRow]] = {}
         for row in self.ledger.current():
             rows_by_member.setdefault(row.member_id, []).append(row)
-        return [self._usage(m, when, rows_by_member.get(m.id, [])) for m in self.members.list()]
+        # Every member's overrides in one query, not one per member.
+        overrides: dict[int, list[QuotaOverride]] = {}
+        for override in self.repo.latest():
+            overrides.setdefault(override.member_id, []).append(override)
+        return [
+            self._usage(m, when, rows_by_member.get(m.id, []), overrides.get(m.id, []))
+            for m in self.members.list()
+        ]
 
     def unattributed(self, now: dt.datetime | None = None) -> list[dict[str, Any]]:
         when = now or utcnow()
         return [self._resource_json(r, when) for r in self.ledger.current(unattributed=True)]
 
     def _usage(
-        self, member: Member, now: dt.datetime, rows: Sequence[CurrentRow] | None = None
+        self,
+        member: Member,
+        now: dt.datetime,
+        rows: Sequence[CurrentRow] | None = None,
+        overrides: Sequence[QuotaOverride] | None = None,
     ) -> dict[str, Any]:
         if rows is None:
             rows = self.ledger.current(member.id)
@@ -226,7 +249,7 @@ class QuotaService:
                     "state": s.state,
                     "grace_ends_at": format_time(s.grace_ends_at),
                 }
-                for s in self.statuses(member, rows, now)
+                for s in self.statuses(member, rows, now, overrides)
             ],
         }
 

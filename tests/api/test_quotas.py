@@ -115,3 +115,30 @@ def test_quota_for_unknown_member_is_404(api: Api) -> None:
     assert api.client.delete("/members/carol/quotas/total", headers=admin).status_code == 404
     response = api.client.delete("/members/carol/quotas/total?reason=", headers=admin)
     assert response.status_code == 422
+
+
+def test_the_report_shows_each_members_own_limits(usage_data: Api) -> None:
+    # The report reads every member's overrides at once; each member must
+    # still get exactly its own, as its own usage page shows them.
+    admin = bearer(usage_data.token("admin"))
+    body = {"soft_bytes": 5000, "hard_bytes": 6000, "reason": "archive"}
+    assert usage_data.client.put("/members/alice/quotas/total", json=body, headers=admin).is_success
+    body = {"soft_bytes": 100, "hard_bytes": 200, "reason": "tight"}
+    assert usage_data.client.put("/members/bob/quotas/tree", json=body, headers=admin).is_success
+    assert usage_data.client.delete("/members/bob/quotas/tree", headers=admin).is_success
+    body = {"soft_bytes": 300, "hard_bytes": 400, "reason": "tighter"}
+    assert usage_data.client.put("/members/bob/quotas/tree", json=body, headers=admin).is_success
+    report = usage_data.client.get("/report", headers=admin).json()
+    limits = {
+        u["member"]: [
+            (q["scope"], q["soft_bytes"], q["hard_bytes"], q["state"]) for q in u["quotas"]
+        ]
+        for u in report
+    }
+    assert limits == {
+        "alice": [("total", 5000, 6000, "ok")],
+        "bob": [("total", 1000, 2000, "ok"), ("tree", 300, 400, "hard")],
+    }
+    for usage in report:
+        own = usage_data.client.get(f"/members/{usage['member']}/usage", headers=admin).json()
+        assert own == usage
