@@ -41,9 +41,15 @@ from quotad.push import (
     scan_from_body,
 )
 from quotad.quotas.service import QuotaService
-from quotad.scanning import SourceOutcome, measure, scan_and_record, select_sources
+from quotad.scanning import (
+    SourceOutcome,
+    context_for,
+    measure,
+    scan_and_record,
+    select_sources,
+)
 from quotad.timeutil import format_time, parse_time
-from scanners.base import Progress, ScanContext
+from scanners.base import Progress
 from scanners.options import parse_duration, parse_size
 
 EXIT_OK = 0
@@ -125,7 +131,12 @@ def _progress_for(stream: TextIO) -> Callable[[Any], Progress | None]:
 
 def _outcome_json(outcome: SourceOutcome) -> dict[str, Any]:
     scan = outcome.scan
-    status = scan.status if outcome.result is not None else FAILED
+    if outcome.result is None:  # measured, but recording it failed
+        return _scan_json(scan, FAILED, scan.error or outcome.record_error, 0)
+    return _scan_json(scan, scan.status, scan.error, outcome.result.zeroed)
+
+
+def _scan_json(scan: ScanInput, status: str, error: str | None, zeroed: int) -> dict[str, Any]:
     return {
         "scan_id": str(scan.scan_id),
         "source": scan.source,
@@ -136,12 +147,12 @@ def _outcome_json(outcome: SourceOutcome) -> dict[str, Any]:
         "resources": len(scan.measurements),
         "bytes": sum(m.bytes for m in scan.measurements),
         "files": sum(m.files for m in scan.measurements),
-        "error": scan.error or outcome.record_error,
+        "error": error,
         "failures": [
             {"kind": f.kind, "name": f.name, "member": f.member, "error": f.error}
             for f in scan.failures
         ],
-        "zeroed": outcome.result.zeroed if outcome.result else 0,
+        "zeroed": zeroed,
     }
 
 
@@ -230,25 +241,18 @@ def _scan_push(args: argparse.Namespace) -> int:
     for source in sources:
         # An agent sees no ledger, so no member addresses: list owners are
         # matched by the source's owners_map and owner_pattern alone.
-        context = ScanContext(
-            full=args.full,
-            state_dir=settings.cache_dir / source.name,
-            ledger_url=settings.database_url,
-        )
-        scan = measure(source, progress_for(source), context)
+        scan = measure(source, progress_for(source), context_for(settings, source, full=args.full))
         scans[outbox.put(scan)] = scan
     if sys.stderr.isatty():
         sys.stderr.write("\r\x1b[K")
     results = []
     for delivery in pusher.deliver(outbox):
         found = scans.get(delivery.path)
-        if found is None:
-            result: dict[str, Any] = {"scan_id": delivery.scan_id, "source": delivery.source}
-        else:
-            result = _outcome_json(SourceOutcome(found, None))
-            result["status"] = found.status
-            result["error"] = found.error
-            result["zeroed"] = delivery.zeroed
+        result: dict[str, Any] = (
+            {"scan_id": delivery.scan_id, "source": delivery.source}
+            if found is None
+            else _scan_json(found, found.status, found.error, delivery.zeroed)
+        )
         result["earlier"] = delivery.path in earlier
         result["push"] = {
             "outcome": delivery.outcome,

@@ -279,7 +279,7 @@ class Pusher:
             return RECORDED
         if answer.status == OK:
             return REPLAYED
-        if answer.status in _REFUSED and not (answer.status == CONFLICT and answer.retry_after):
+        if answer.status in _REFUSED and not _transient(answer):
             return REJECTED
         return PENDING
 
@@ -287,13 +287,7 @@ class Pusher:
         attempt = 0
         while True:
             answer = self.post(body)
-            transient = (
-                answer.status is None
-                or answer.status in _TRANSIENT
-                # A 409 that says "again later": the same scan racing itself.
-                or (answer.status == CONFLICT and answer.retry_after is not None)
-            )
-            if not transient:
+            if not _transient(answer):
                 return answer
             delay = _backoff(attempt, answer.retry_after)
             if self.clock() + delay > deadline:
@@ -306,6 +300,16 @@ class Pusher:
             )
             self.sleep(delay)
             attempt += 1
+
+
+def _transient(answer: Answer) -> bool:
+    """Whether the same request may succeed later."""
+    return (
+        answer.status is None
+        or answer.status in _TRANSIENT
+        # A 409 that says "again later": the same scan racing itself.
+        or (answer.status == CONFLICT and answer.retry_after is not None)
+    )
 
 
 def _backoff(attempt: int, retry_after: float | None) -> float:

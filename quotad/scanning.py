@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
@@ -83,6 +83,22 @@ def select_sources(settings: Settings, names: Sequence[str]) -> list[SourceSetti
     return [s for s in settings.sources if s.name in set(names)]
 
 
+def context_for(
+    settings: Settings,
+    source: SourceSettings,
+    *,
+    full: bool,
+    emails: Mapping[str, str] | None = None,
+) -> ScanContext:
+    """What SOURCE's scanner is told for one run; an agent, which sees no ledger, has no EMAILS."""
+    return ScanContext(
+        full=full,
+        state_dir=settings.cache_dir / source.name,
+        member_emails=emails or {},
+        ledger_url=settings.database_url,
+    )
+
+
 def scan_and_record(
     engine: Engine,
     settings: Settings,
@@ -100,12 +116,7 @@ def scan_and_record(
     with session_scope(engine) as session:
         emails = MemberService(session, actor).emails()
     for source in sources:
-        context = ScanContext(
-            full=full,
-            state_dir=settings.cache_dir / source.name,
-            member_emails=emails,
-            ledger_url=settings.database_url,
-        )
+        context = context_for(settings, source, full=full, emails=emails)
         scan = measure(source, progress_for(source) if progress_for else None, context)
         try:
             result = record(engine, settings, scan, actor)
