@@ -22,6 +22,8 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from quotad import sources as source_registry
+from quotad.enforcers import ENFORCERS
+from quotad.enforcers.base import Enforcer
 from quotad.errors import ConfigError
 from scanners.base import OptionError, Scanner
 from scanners.options import Options, resolve_path
@@ -89,6 +91,8 @@ class SourceSettings:
     schedule: str | None
     enforce: bool
     scanner: Scanner = field(compare=False)
+    # None when the kind has no enforcer or enforcement is off for the source.
+    enforcer: Enforcer | None = field(default=None, compare=False)
 
     @property
     def resource_kind(self) -> str:
@@ -397,10 +401,59 @@ def _source(index: int, table: object, base_dir: Path) -> SourceSettings:
         problem = source_registry.check_schedule(schedule)
         if problem:
             raise OptionError(f"{label}.schedule", problem)
+    enforcer_class = ENFORCERS.get(kind)
+    asked = opts.has("enforce")
     enforce = opts.boolean("enforce", default=True)
-    rest = {k: v for k, v in table.items() if k not in ("name", "kind", "schedule", "enforce")}
+    enforcer_keys = enforcer_class.OPTIONS if enforcer_class else frozenset()
+    rest = {
+        k: v
+        for k, v in table.items()
+        if k not in ("name", "kind", "schedule", "enforce") and k not in enforcer_keys
+    }
     try:
         scanner = scanner_class.from_options(name, rest, base_dir)
     except OptionError as exc:
         raise OptionError(f"{label}.{exc.key}", exc.problem) from None
-    return SourceSettings(name=name, kind=kind, schedule=schedule, enforce=enforce, scanner=scanner)
+    enforcer = None
+    if enforce:
+        enforcer = _enforcer(label, kind, scanner, table, base_dir, asked=asked)
+    return SourceSettings(
+        name=name,
+        kind=kind,
+        schedule=schedule,
+        enforce=enforcer is not None,
+        scanner=scanner,
+        enforcer=enforcer,
+    )
+
+
+def _enforcer(
+    label: str,
+    kind: str,
+    scanner: Scanner,
+    table: Mapping[str, object],
+    base_dir: Path,
+    *,
+    asked: bool,
+) -> Enforcer | None:
+    """The source's enforcer; None where there is none and the config did not ask for one.
+
+    Enforcing is on by default wherever it is possible; a source whose
+    settings rule it out (a Mailman source without its REST API) is then
+    only watched, unless `enforce = true` asks for it, which is an error.
+    """
+    enforcer_class = ENFORCERS.get(kind)
+    why_not = (
+        enforcer_class.available(scanner)
+        if enforcer_class
+        else f"sources of kind {kind!r} have no enforcer (their members are warned by mail)"
+    )
+    if why_not is not None or enforcer_class is None:
+        if asked:
+            raise OptionError(f"{label}.enforce", f"cannot be true: {why_not}")
+        return None
+    own = {k: v for k, v in table.items() if k in enforcer_class.OPTIONS}
+    try:
+        return enforcer_class.from_options(scanner, own, base_dir)
+    except OptionError as exc:
+        raise OptionError(f"{label}.{exc.key}", exc.problem) from None
