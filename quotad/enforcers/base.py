@@ -116,7 +116,7 @@ class Enforcer(abc.ABC):
         restore, and the message says so.
         """
 
-    def push_limit(self, target: Target) -> str | None:
+    def push_limit(self, target: Target) -> str | None:  # noqa: ARG002 - for enforcers that push
         """Make the daemon itself hold TARGET to `hard_bytes`, where asked to.
 
         Called on every run for each resource that is not restricted, when
