@@ -21,7 +21,8 @@ from api.deps import ContextDep
 from api.schemas.common import errors
 from quotad.db import session_scope, utcnow
 from quotad.ledger.service import LedgerService
-from quotad.quotas.service import GRACE_EXPIRED, HARD, OK, SOFT, QuotaService
+from quotad.quotas.service import QuotaService
+from quotad.quotas.state import GRACE_EXPIRED, HARD, OK, SOFT
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

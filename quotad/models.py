@@ -3,6 +3,7 @@
 from quotad.audit.models import AuditEntry
 from quotad.auth.models import ApiToken
 from quotad.db import Base
+from quotad.enforcement.models import EnforcementAction, Notification
 from quotad.ledger.models import (
     CurrentUsage,
     MeasurementFailure,
@@ -12,7 +13,7 @@ from quotad.ledger.models import (
     UsageSample,
 )
 from quotad.members.models import Member
-from quotad.quotas.models import QuotaOverride
+from quotad.quotas.models import QuotaOverride, QuotaStateRow
 
 metadata = Base.metadata
 
@@ -20,9 +21,12 @@ __all__ = [
     "ApiToken",
     "AuditEntry",
     "CurrentUsage",
+    "EnforcementAction",
     "MeasurementFailure",
     "Member",
+    "Notification",
     "QuotaOverride",
+    "QuotaStateRow",
     "Resource",
     "Scan",
     "Source",

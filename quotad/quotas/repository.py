@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from quotad.quotas.models import QuotaOverride
+from quotad.db import table_of
+from quotad.quotas.models import QuotaOverride, QuotaStateRow
 
 
 class QuotaRepository:
@@ -34,4 +35,24 @@ class QuotaRepository:
             select(QuotaOverride)
             .where(QuotaOverride.member_id == member_id)
             .order_by(QuotaOverride.id)
+        ).all()
+
+    def latest_states(self, member_ids: Sequence[int] | None = None) -> Sequence[QuotaStateRow]:
+        """The state in force per member and scope (the newest row of each)."""
+        newest = select(func.max(QuotaStateRow.id)).group_by(
+            QuotaStateRow.member_id, QuotaStateRow.scope
+        )
+        if member_ids is not None:
+            newest = newest.where(QuotaStateRow.member_id.in_(list(member_ids)))
+        return self.session.scalars(select(QuotaStateRow).where(QuotaStateRow.id.in_(newest))).all()
+
+    def add_states(self, rows: Sequence[dict[str, object]]) -> None:
+        if rows:
+            self.session.execute(table_of(QuotaStateRow).insert(), list(rows))
+
+    def state_history(self, member_id: int) -> Sequence[QuotaStateRow]:
+        return self.session.scalars(
+            select(QuotaStateRow)
+            .where(QuotaStateRow.member_id == member_id)
+            .order_by(QuotaStateRow.id)
         ).all()

@@ -17,15 +17,11 @@ from quotad.ledger.repository import CurrentRow
 from quotad.ledger.service import LedgerService
 from quotad.members.models import Member
 from quotad.members.service import MemberService
-from quotad.quotas.models import QuotaOverride
+from quotad.quotas.models import QuotaOverride, QuotaStateRow
 from quotad.quotas.repository import QuotaRepository
+from quotad.quotas.state import OK, Evaluation, Prior, evaluate
 from quotad.sources import QUOTA_SCOPES
 from quotad.timeutil import format_time
-
-OK = "ok"
-SOFT = "soft"
-GRACE_EXPIRED = "grace_expired"
-HARD = "hard"
 
 # The ledger's integers are signed 64-bit; a grace past a century would only
 # overflow date arithmetic (grace end = crossing time + grace).
@@ -35,29 +31,51 @@ MAX_GRACE_SECONDS = 100 * 365 * 86400
 
 @dataclass(frozen=True, slots=True)
 class QuotaStatus:
-    limit: QuotaLimit
-    used_bytes: int
-    state: str
-    grace_ends_at: dt.datetime | None
-    overridden: bool
+    """A scope's limits, usage and state for one member.
 
-
-def quota_state(
-    used: int, limit: QuotaLimit, over_soft_since: dt.datetime | None, now: dt.datetime
-) -> tuple[str, dt.datetime | None]:
-    """The state of a scope, with Linux disk-quota semantics.
-
-    Over hard is `hard` at once; over soft starts a grace period at the moment
-    soft was crossed, after which it is `grace_expired`.
+    `limit` is None for a scope that lost its limits but still has a stored
+    state (so enforcement can bring it back to ok); the API shows only
+    scopes with limits.
     """
-    if used > limit.hard_bytes:
-        grace = dt.timedelta(seconds=limit.grace_seconds)
-        return HARD, (over_soft_since + grace if over_soft_since else None)
-    if used > limit.soft_bytes:
-        since = over_soft_since or now
-        ends = since + dt.timedelta(seconds=limit.grace_seconds)
-        return (GRACE_EXPIRED if now >= ends else SOFT), ends
-    return OK, None
+
+    scope: str
+    limit: QuotaLimit | None
+    used_bytes: int
+    evaluation: Evaluation
+    overridden: bool
+    prior: QuotaStateRow | None
+
+    @property
+    def state(self) -> str:
+        return self.evaluation.state
+
+    @property
+    def grace_ends_at(self) -> dt.datetime | None:
+        return self.evaluation.grace_ends_at
+
+    @property
+    def changed(self) -> bool:
+        """Whether this evaluation differs from the stored state (a new row is due)."""
+        prior = self.prior
+        if prior is None:
+            return self.state != OK or self.limit is not None
+        return (
+            prior.state != self.state
+            or prior.over_soft_since != self.evaluation.since
+            or _limit_of(prior) != self.limit
+        )
+
+
+def _limit_of(row: QuotaStateRow) -> QuotaLimit | None:
+    if row.soft_bytes is None or row.hard_bytes is None or row.grace_seconds is None:
+        return None
+    return QuotaLimit(row.scope, row.soft_bytes, row.hard_bytes, row.grace_seconds)
+
+
+def prior_of(row: QuotaStateRow | None) -> Prior | None:
+    if row is None:
+        return None
+    return Prior(row.state, row.over_soft_since, _limit_of(row), row.recorded_at)
 
 
 def check_scope(scope: str) -> str:
@@ -183,23 +201,66 @@ class QuotaService:
             },
         )
 
+    def is_fresh(self, row: CurrentRow, now: dt.datetime) -> bool:
+        """Whether ROW may change a quota state: measured lately, and not failing since."""
+        stale_after = dt.timedelta(seconds=self.settings.enforcement.stale_after)
+        return (
+            row.error is None
+            and row.measured_at is not None
+            and now - row.measured_at <= (stale_after)
+        )
+
     def statuses(
         self,
         member: Member,
         rows: Sequence[CurrentRow],
         now: dt.datetime,
         overrides: Sequence[QuotaOverride] | None = None,
+        priors: Sequence[QuotaStateRow] | None = None,
+        *,
+        every_scope: bool = False,
     ) -> list[QuotaStatus]:
+        """Each scope's state now, from the usage ROWS and the stored states.
+
+        OVERRIDES and PRIORS, when the caller read them already, are the
+        member's newest override and state rows. With EVERY_SCOPE, scopes
+        that lost their limits but have a stored state are included.
+        """
+        if overrides is None:
+            overrides = self.repo.latest([member.id])
+        if priors is None:
+            priors = self.repo.latest_states([member.id])
+        stored = {p.scope: p for p in priors}
+        set_at = {o.scope: o.created_at for o in overrides if not o.cleared}
+        limits: dict[str, tuple[QuotaLimit | None, bool]] = dict(self.limits(member, overrides))
+        if every_scope:
+            for scope in stored:
+                limits.setdefault(scope, (None, False))
+        fresh = [self.is_fresh(r, now) for r in rows]
         result = []
-        for scope, (limit, overridden) in self.limits(member, overrides).items():
-            used = sum(r.bytes for r in rows if scope in ("total", r.kind))
-            since = None
-            if used > limit.soft_bytes:
+        for scope, (limit, overridden) in limits.items():
+            covered = [
+                (r, f) for r, f in zip(rows, fresh, strict=True) if scope in ("total", r.kind)
+            ]
+            used = sum(r.bytes for r, _ in covered)
+            used_fresh = sum(r.bytes for r, f in covered if f)
+            crossed = None
+            if limit is not None and used_fresh > limit.soft_bytes:
                 # Only members over a limit pay for replaying their history.
                 kinds = None if scope == "total" else [scope]
-                since = self.ledger.over_since(member.id, limit.soft_bytes, kinds)
-            state, ends = quota_state(used, limit, since, now)
-            result.append(QuotaStatus(limit, used, state, ends, overridden))
+                crossed = self.ledger.over_since(member.id, limit.soft_bytes, kinds)
+            evaluation = evaluate(
+                used=used_fresh,
+                limit=limit,
+                prior=prior_of(stored.get(scope)),
+                now=now,
+                complete=all(f for _, f in covered),
+                crossed_at=crossed,
+                limit_since=set_at.get(scope),
+            )
+            result.append(
+                QuotaStatus(scope, limit, used, evaluation, overridden, stored.get(scope))
+            )
         return result
 
     def usage(self, name: str, now: dt.datetime | None = None) -> dict[str, Any]:
@@ -213,12 +274,17 @@ class QuotaService:
         rows_by_member: dict[int | None, list[CurrentRow]] = {}
         for row in self.ledger.current():
             rows_by_member.setdefault(row.member_id, []).append(row)
-        # Every member's overrides in one query, not one per member.
+        # Every member's overrides and states in one query each, not one per member.
         overrides: dict[int, list[QuotaOverride]] = {}
         for override in self.repo.latest():
             overrides.setdefault(override.member_id, []).append(override)
+        states: dict[int, list[QuotaStateRow]] = {}
+        for state in self.repo.latest_states():
+            states.setdefault(state.member_id, []).append(state)
         return [
-            self._usage(m, when, rows_by_member.get(m.id, []), overrides.get(m.id, []))
+            self._usage(
+                m, when, rows_by_member.get(m.id, []), overrides.get(m.id, []), states.get(m.id, [])
+            )
             for m in self.members.list()
         ]
 
@@ -232,6 +298,7 @@ class QuotaService:
         now: dt.datetime,
         rows: Sequence[CurrentRow] | None = None,
         overrides: Sequence[QuotaOverride] | None = None,
+        priors: Sequence[QuotaStateRow] | None = None,
     ) -> dict[str, Any]:
         if rows is None:
             rows = self.ledger.current(member.id)
@@ -241,7 +308,7 @@ class QuotaService:
             "resources": [self._resource_json(r, now) for r in rows],
             "quotas": [
                 {
-                    "scope": s.limit.scope,
+                    "scope": s.scope,
                     "soft_bytes": s.limit.soft_bytes,
                     "hard_bytes": s.limit.hard_bytes,
                     "grace_seconds": s.limit.grace_seconds,
@@ -249,7 +316,8 @@ class QuotaService:
                     "state": s.state,
                     "grace_ends_at": format_time(s.grace_ends_at),
                 }
-                for s in self.statuses(member, rows, now, overrides)
+                for s in self.statuses(member, rows, now, overrides, priors)
+                if s.limit is not None
             ],
         }
 
