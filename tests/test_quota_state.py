@@ -122,10 +122,10 @@ def test_grace_expired_goes_to_hard_and_back_to_ok_only_under_soft() -> None:
 
 def test_flapping_around_soft_resets_the_timer_each_time_usage_drops_under() -> None:
     clock = Clock()
-    starts = []
+    starts: list[dt.datetime] = []
     for day in range(10):
         clock.step(DAY, used=101 if day % 2 == 0 else 99)
-        if clock.prior is not None and clock.prior.state == SOFT:
+        if clock.prior is not None and clock.prior.state == SOFT and clock.prior.since:
             starts.append(clock.prior.since)
     # Never more than a day over soft at a time: never expired, each crossing a new timer.
     assert clock.prior is not None
