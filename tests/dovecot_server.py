@@ -52,6 +52,15 @@ def find_binaries() -> tuple[str, str] | None:
     return dovecot, doveadm
 
 
+def find_lda() -> str:
+    """dovecot-lda, where Debian's dovecot-core puts it or on PATH."""
+    path = os.pathsep.join(["/usr/lib/dovecot", os.environ.get("PATH", "")])
+    lda = shutil.which("dovecot-lda", path=path)
+    if lda is None:
+        raise DovecotError(f"dovecot-lda not found: {HOW_TO_INSTALL}")
+    return lda
+
+
 def parse_maildirsize(text: str) -> tuple[int, int]:
     """(bytes, messages) from a Maildir++ `maildirsize`: every line after the limits summed."""
     lines = text.splitlines()
@@ -76,6 +85,9 @@ class DovecotServer:
     uid: int
     gid: int
     users: list[str] = field(default_factory=list, repr=False)
+    # A passwd-file read as a second userdb that only adds fields (quotad's
+    # Dovecot enforcer writes quota rules there), or None for one userdb.
+    quota_file: Path | None = None
     start_seconds: float = 0.0
     recalc_seconds: list[float] = field(default_factory=list, repr=False)
 
@@ -90,6 +102,11 @@ class DovecotServer:
     @property
     def log(self) -> Path:
         return self.base / "dovecot.log"
+
+    @property
+    def internal_group(self) -> str:
+        """The group Dovecot's auth process runs as: it must be able to read userdb files."""
+        return "dovecot" if os.geteuid() == 0 else grp.getgrgid(os.getegid()).gr_name
 
     def home(self, user: str) -> Path:
         return self.mail_root / user
@@ -162,6 +179,25 @@ class DovecotServer:
             ) from None
         return parse_maildirsize(text)
 
+    def deliver(self, user: str, body: str) -> subprocess.CompletedProcess[str]:
+        """Deliver BODY to USER through dovecot-lda, as an MTA would; its exit status tells.
+
+        0 is delivered, 77 (EX_NOPERM) refused for good, as over quota; `-e`
+        makes the LDA say why on stderr instead of mailing a bounce.
+        """
+        self.maildir(user)
+        home = self.home(user)
+        home.mkdir(exist_ok=True)
+        self.give_to_mail_user(user)
+        return subprocess.run(
+            [find_lda(), "-c", str(self.conf), "-d", user, "-f", "sender@example.org", "-e"],
+            input=body,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+
     def stop(self) -> None:
         """Stop the server and wait for its master process to go."""
         pid_file = self.base / "run" / "master.pid"
@@ -197,6 +233,19 @@ def _alive(pid: int) -> bool:
 def write_config(server: DovecotServer) -> None:
     """A minimal dovecot.conf: no network, passwd-file users, the Maildir++ quota."""
     base = server.base
+    first_userdb, quota_userdb = "", ""
+    if server.quota_file is not None:
+        # As docs/enforcers/dovecot.md tells admins: the first userdb finds
+        # the user, the second adds its fields if it has a line for the user.
+        first_userdb = "  result_success = continue-ok\n"
+        quota_userdb = (
+            "userdb {\n"
+            "  driver = passwd-file\n"
+            f"  args = {server.quota_file}\n"
+            "  skip = notfound\n"
+            "  result_internalfail = return-fail\n"
+            "}\n"
+        )
     rootless = ""
     if os.geteuid() != 0:
         # Every service runs as us; nothing may chroot or change user.
@@ -229,8 +278,8 @@ passdb {{
 userdb {{
   driver = passwd-file
   args = {base}/users/%u
-}}
-mail_plugins = $mail_plugins quota
+{first_userdb}}}
+{quota_userdb}mail_plugins = $mail_plugins quota
 plugin {{
   quota = maildir:User quota
   quota_rule = *:storage={QUOTA_LIMIT // (1 << 20)}M
@@ -240,8 +289,12 @@ plugin {{
     )
 
 
-def start_dovecot(binaries: tuple[str, str]) -> DovecotServer:
-    """Write a config into a fresh folder and start Dovecot on it; ready when this returns."""
+def start_dovecot(binaries: tuple[str, str], *, quota_file: bool = False) -> DovecotServer:
+    """Write a config into a fresh folder and start Dovecot on it; ready when this returns.
+
+    With QUOTA_FILE, Dovecot also reads `quota-users` in that folder as a
+    userdb of quota rules (created empty).
+    """
     # Short and world-traversable: Dovecot's services run as other users,
     # and socket paths must stay under the kernel's 108 bytes.
     base = Path(tempfile.mkdtemp(prefix="quotad-dovecot-"))
@@ -253,6 +306,9 @@ def start_dovecot(binaries: tuple[str, str]) -> DovecotServer:
     server = DovecotServer(base, binaries, uid, gid)
     for part in ("run", "state", "mail", "users"):
         (base / part).mkdir(mode=0o755)
+    if quota_file:
+        server.quota_file = base / "quota-users"
+        server.quota_file.touch(mode=0o644)
     write_config(server)
     start = time.perf_counter()
     # The master daemonizes: given our pipes it would hold them open forever,
@@ -284,17 +340,27 @@ def start_dovecot(binaries: tuple[str, str]) -> DovecotServer:
     return server
 
 
-@pytest.fixture(scope="session")
-def dovecot() -> Iterator[DovecotServer]:
-    """A Dovecot for the whole session; each test uses users of its own."""
+def _running(*, quota_file: bool) -> Iterator[DovecotServer]:
     binaries = find_binaries()
     if binaries is None:
         need("Dovecot (dovecot, doveadm)", HOW_TO_INSTALL)
         raise AssertionError("unreachable")
     # Installed but not starting is a fault of this fixture or the host: an error, never a skip.
-    server = start_dovecot(binaries)
+    server = start_dovecot(binaries, quota_file=quota_file)
     try:
         yield server
     finally:
         server.stop()
         shutil.rmtree(server.base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def dovecot() -> Iterator[DovecotServer]:
+    """A Dovecot for the whole session; each test uses users of its own."""
+    yield from _running(quota_file=False)
+
+
+@pytest.fixture(scope="session")
+def dovecot_with_quota_file() -> Iterator[DovecotServer]:
+    """A Dovecot that also takes quota rules from `server.quota_file`; users of its own per test."""
+    yield from _running(quota_file=True)
