@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from decimal import Decimal
+from email.utils import getaddresses
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,12 @@ class EnforcementSettings:
     dry_run: bool = False
     stale_after: int = 36 * 3600
     notify_at: tuple[Decimal, ...] = (Decimal("0.8"), Decimal("0.9"), Decimal("1.0"))
+    # A warning for the same level is repeated at most once per interval.
+    notify_interval: int = 7 * 86400
+    # A folder whose warning.txt, state.txt or all_clear.txt replace the shipped ones.
+    templates: Path | None = None
+    # Addresses that get a copy of every state change.
+    notify_admins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +82,11 @@ class SmtpSettings:
     host: str = "127.0.0.1"
     port: int = 25
     sender: str = "quota@localhost"
+    starttls: bool = False
+    username: str | None = None
+    # Read when sending, so the password is never part of the settings or a log line.
+    password_file: Path | None = None
+    timeout: int = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,8 +210,13 @@ def parse_settings(
         members = _members(Options(top.table("members"), "members."))
         server = _server(Options(top.table("server"), "server."))
         defaults = _quota_defaults(Options(top.table("defaults"), "defaults."))
-        enforcement = _enforcement(Options(top.table("enforcement"), "enforcement."))
-        smtp = _smtp(Options(top.table("smtp"), "smtp."))
+        enforcement = _enforcement(
+            Options(top.table("enforcement"), "enforcement."),
+            Path.cwd() if "enforcement" in env_keys else base_dir,
+        )
+        smtp = _smtp(
+            Options(top.table("smtp"), "smtp."), Path.cwd() if "smtp" in env_keys else base_dir
+        )
         billing = _billing(Options(top.table("billing"), "billing."))
         sources = _sources(top.raw("sources", []), base_dir)
         cache_dir = _cache_dir(top, database_url, env_keys, base_dir)
@@ -321,7 +338,7 @@ def quota_limit(scope: str, opts: Options) -> QuotaLimit:
     return result
 
 
-def _enforcement(opts: Options) -> EnforcementSettings:
+def _enforcement(opts: Options, base_dir: Path) -> EnforcementSettings:
     raw_levels = opts.raw("notify_at", [0.8, 0.9, 1.0])
     if not isinstance(raw_levels, list):
         raise OptionError("enforcement.notify_at", "must be a list of fractions such as [0.8, 1.0]")
@@ -337,19 +354,82 @@ def _enforcement(opts: Options) -> EnforcementSettings:
         dry_run=opts.boolean("dry_run", default=False),
         stale_after=opts.duration("stale_after", "36h"),
         notify_at=tuple(sorted(set(levels))),
+        notify_interval=_positive_duration(opts, "enforcement", "notify_interval", "7d"),
+        templates=_templates_dir(opts, base_dir),
+        notify_admins=tuple(
+            _mail_address("enforcement.notify_admins", text)
+            for text in opts.string_list("notify_admins")
+        ),
     )
     opts.finish()
     return result
 
 
-def _smtp(opts: Options) -> SmtpSettings:
+def _templates_dir(opts: Options, base_dir: Path) -> Path | None:
+    text = opts.optional_string("templates")
+    if text is None:
+        return None
+    path = resolve_path(text, base_dir)
+    if not path.is_dir():
+        raise OptionError("enforcement.templates", f"not a directory: {path}")
+    return path
+
+
+def _positive_duration(opts: Options, table: str, key: str, default: str) -> int:
+    seconds = opts.duration(key, default)
+    if seconds <= 0:
+        raise OptionError(f"{table}.{key}", "must be longer than 0 seconds")
+    return seconds
+
+
+def _mail_address(key: str, text: str) -> str:
+    """TEXT when it is one address, bare or with a name ("Quota <quota@example.org>")."""
+    text = text.strip()
+    found = getaddresses([text])
+    address = found[0][1] if len(found) == 1 else ""
+    local, _, domain = address.rpartition("@")
+    # The parser drops what it cannot read ("not an address" comes back as "not"),
+    # so the address must be all of TEXT or its <...> part.
+    whole = text == address or text.endswith(f"<{address}>")
+    if not (whole and local and domain) or any(c.isspace() for c in address) or "\n" in text:
+        raise OptionError(key, f"not a mail address: {text!r}")
+    return text
+
+
+def _smtp(opts: Options, base_dir: Path) -> SmtpSettings:
+    host = opts.string("host", "127.0.0.1")
+    starttls = opts.boolean("starttls", default=False)
+    username = opts.optional_string("username")
+    password_text = opts.optional_string("password_file")
+    if username is None and password_text is not None:
+        raise OptionError("smtp.password_file", "needs smtp.username as well")
+    if username is not None and password_text is None:
+        raise OptionError("smtp.username", "needs smtp.password_file as well")
+    if username is not None and not starttls and not _is_loopback(host):
+        raise OptionError(
+            "smtp.username",
+            f"would send the password unencrypted to {host}; set smtp.starttls = true",
+        )
     result = SmtpSettings(
-        host=opts.string("host", "127.0.0.1"),
+        host=host,
         port=opts.integer("port", 25, minimum=1, maximum=65535),
-        sender=opts.string("sender", "quota@localhost"),
+        sender=_mail_address("smtp.sender", opts.string("sender", "quota@localhost")),
+        starttls=starttls,
+        username=username,
+        password_file=None if password_text is None else resolve_path(password_text, base_dir),
+        timeout=_positive_duration(opts, "smtp", "timeout", "30s"),
     )
     opts.finish()
     return result
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _billing(opts: Options) -> BillingSettings:

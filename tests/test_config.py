@@ -287,3 +287,83 @@ def test_the_contracts_example_parses_as_written(cwd: Path) -> None:
     ]
     assert settings.quota_defaults["maildir"].soft_bytes == 2 * 1024**3
     assert settings.sources[0].schedule == "0 */6 * * *"
+
+
+def test_mail_settings(cwd: Path) -> None:
+    (cwd / "templates").mkdir()
+    (cwd / "quotad.toml").write_text("""
+[enforcement]
+notify_interval = "3d"
+templates = "templates"
+notify_admins = ["root@coop.example", "Storage team <storage@coop.example>"]
+[smtp]
+host = "mail.coop.example"
+port = 587
+sender = "Quota <quota@coop.example>"
+starttls = true
+username = "quotad"
+password_file = "secrets/smtp"
+timeout = "1m"
+""")
+    s = load_settings(environ={})
+    assert s.enforcement.notify_interval == 3 * 86400
+    assert s.enforcement.templates == cwd / "templates"
+    assert s.enforcement.notify_admins == (
+        "root@coop.example",
+        "Storage team <storage@coop.example>",
+    )
+    assert s.smtp.starttls is True
+    assert s.smtp.username == "quotad"
+    # Relative to the config file; read only when sending, so it need not exist yet.
+    assert s.smtp.password_file == cwd / "secrets" / "smtp"
+    assert s.smtp.timeout == 60
+
+
+def test_mail_settings_defaults(cwd: Path) -> None:
+    s = load_settings(environ={})
+    assert s.enforcement.notify_interval == 7 * 86400
+    assert s.enforcement.templates is None
+    assert s.enforcement.notify_admins == ()
+    assert (s.smtp.starttls, s.smtp.username, s.smtp.password_file) == (False, None, None)
+    assert s.smtp.timeout == 30
+
+
+@pytest.mark.parametrize(
+    ("body", "key", "problem"),
+    [
+        ('[enforcement]\nnotify_interval = "often"\n', "enforcement.notify_interval", "duration"),
+        ('[enforcement]\nnotify_interval = "0s"\n', "enforcement.notify_interval", "longer than 0"),
+        ('[enforcement]\ntemplates = "no-such-dir"\n', "enforcement.templates", "not a directory"),
+        ('[enforcement]\nnotify_admins = "root@x.org"\n', "enforcement.notify_admins", "list"),
+        (
+            '[enforcement]\nnotify_admins = ["root@x.org, eve@y.org"]\n',
+            "enforcement.notify_admins",
+            "not a mail address: 'root@x.org, eve@y.org'",
+        ),
+        ('[smtp]\nsender = "quota"\n', "smtp.sender", "not a mail address"),
+        ('[smtp]\nstarttls = "yes"\n', "smtp.starttls", "true or false"),
+        ('[smtp]\ntimeout = "0"\n', "smtp.timeout", "longer than 0"),
+        ('[smtp]\nusername = "quotad"\n', "smtp.username", "needs smtp.password_file"),
+        ('[smtp]\npassword_file = "pw"\n', "smtp.password_file", "needs smtp.username"),
+        (
+            '[smtp]\nhost = "mail.x.org"\nusername = "q"\npassword_file = "pw"\n',
+            "smtp.username",
+            "unencrypted to mail.x.org; set smtp.starttls = true",
+        ),
+        ("[smtp]\npassword = 1\n", "smtp.password", "unknown key"),
+    ],
+)
+def test_mail_config_errors(cwd: Path, body: str, key: str, problem: str) -> None:
+    path = cwd / "bad.toml"
+    path.write_text(body)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ={})
+    assert (info.value.file, info.value.key) == (str(path), key)
+    assert problem in info.value.problem
+
+
+def test_login_without_starttls_is_allowed_on_loopback(cwd: Path) -> None:
+    (cwd / "quotad.toml").write_text(
+        '[smtp]\nhost = "127.0.0.1"\nport = 2525\nusername = "q"\npassword_file = "pw"\n'
+    )
+    assert load_settings(environ={}).smtp.username == "q"
