@@ -523,11 +523,13 @@ def _enforcer(
     only watched, unless `enforce = true` asks for it, which is an error.
     """
     enforcer_class = ENFORCERS.get(kind)
-    why_not = (
-        enforcer_class.available(scanner)
-        if enforcer_class
-        else f"sources of kind {kind!r} have no enforcer (their members are warned by mail)"
-    )
+    if enforcer_class is None:
+        why_not: str | None = (
+            f"sources of kind {kind!r} have no enforcer (their members are warned by mail)"
+        )
+    else:
+        missing = sorted(enforcer_class.REQUIRED - table.keys())
+        why_not = f"it needs {missing[0]}" if missing else enforcer_class.available(scanner)
     if why_not is not None or enforcer_class is None:
         if asked:
             raise OptionError(f"{label}.enforce", f"cannot be true: {why_not}")

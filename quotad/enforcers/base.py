@@ -70,6 +70,9 @@ class Enforcer(abc.ABC):
     source_kind: ClassVar[str]
     # Keys of the source's table that belong to the enforcer, not the scanner.
     OPTIONS: ClassVar[frozenset[str]] = frozenset()
+    # Of those, the ones without which the source is only watched (unless
+    # the config asks for `enforce = true`, which is then an error).
+    REQUIRED: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, scanner: Scanner) -> None:
         self.scanner = scanner
