@@ -182,7 +182,7 @@ class MysqlScanner(Scanner):
         "files"), `datadir` (with "files") and `timeout`.
         """
         reader = Options(options)
-        server = _parse_dsn(reader.string("dsn", required=True))
+        server = parse_dsn(reader.string("dsn", required=True))
         if reader.has("password_file"):
             if server.password is not None:
                 raise OptionError("password_file", "give the password in the dsn or here, not both")
@@ -303,36 +303,7 @@ class MysqlScanner(Scanner):
 
     def _connect(self) -> tuple[Any, str | None]:
         """An open connection, and the password it used (to keep it out of messages)."""
-        server = self.server
-        password = server.password
-        if server.password_file is not None:
-            password = _read_password(server.password_file)
-        try:
-            conn = pymysql.connect(
-                host=server.host,
-                port=server.port,
-                unix_socket=server.unix_socket,
-                user=server.user,
-                password=password or "",
-                charset="utf8mb4",
-                connect_timeout=self.timeout,
-                read_timeout=self.timeout,
-                write_timeout=self.timeout,
-                autocommit=True,
-                # No LOAD DATA LOCAL: the scanner never sends a file.
-                local_infile=False,
-            )
-        except pymysql.err.MySQLError as exc:
-            message = redact(_message(exc), password)
-            if _TIMED_OUT in message:
-                raise SourceError(
-                    f"{server.label}: no connection within {self.timeout} s (timeout)"
-                ) from None
-            raise SourceError(f"{server.label}: cannot connect: {message}") from None
-        except OSError as exc:
-            # A unix socket path that is not one, say.
-            raise SourceError(f"{server.label}: cannot connect: {exc.strerror or exc}") from None
-        return conn, password
+        return connect(self.server, self.timeout)
 
     def _schemas(self, session: _Session) -> list[str]:
         if "MariaDB" in session.conn.get_server_info():
@@ -500,13 +471,13 @@ class _Session:
                 cursor.execute(sql, args)
                 return list(cursor.fetchall())
         except pymysql.err.MySQLError as exc:
-            message = redact(_message(exc), self.password)
+            message = redact(error_message(exc), self.password)
             label = self.label
-            if _TIMED_OUT in message or _code(exc) == _STATEMENT_TIMEOUT:
+            if _TIMED_OUT in message or error_code(exc) == _STATEMENT_TIMEOUT:
                 raise SourceError(
                     f"{label}: {what}: no answer within {self.timeout} s (timeout)"
                 ) from None
-            if denied is not None and _code(exc) == _ACCESS_DENIED_FOR_TABLE:
+            if denied is not None and error_code(exc) == _ACCESS_DENIED_FOR_TABLE:
                 raise SourceError(f"{label}: {what}: {message}: {denied}") from None
             raise SourceError(f"{label}: {what}: {message}") from None
 
@@ -561,7 +532,43 @@ def split_grantee(grantee: str) -> tuple[str, str]:
     return grantee[1:at], grantee[at + 3 : -1]
 
 
-def _parse_dsn(text: str) -> Server:
+def connect(server: Server, timeout: int) -> tuple[Any, str | None]:
+    """An open connection to SERVER, and the password it used (to keep it out of messages).
+
+    SourceError if it cannot be had within TIMEOUT seconds.
+    """
+    password = server.password
+    if server.password_file is not None:
+        password = _read_password(server.password_file)
+    try:
+        conn = pymysql.connect(
+            host=server.host,
+            port=server.port,
+            unix_socket=server.unix_socket,
+            user=server.user,
+            password=password or "",
+            charset="utf8mb4",
+            connect_timeout=timeout,
+            read_timeout=timeout,
+            write_timeout=timeout,
+            autocommit=True,
+            # No LOAD DATA LOCAL: quotad never sends a file.
+            local_infile=False,
+        )
+    except pymysql.err.MySQLError as exc:
+        message = redact(error_message(exc), password)
+        if _TIMED_OUT in message:
+            raise SourceError(
+                f"{server.label}: no connection within {timeout} s (timeout)"
+            ) from None
+        raise SourceError(f"{server.label}: cannot connect: {message}") from None
+    except OSError as exc:
+        # A unix socket path that is not one, say.
+        raise SourceError(f"{server.label}: cannot connect: {exc.strerror or exc}") from None
+    return conn, password
+
+
+def parse_dsn(text: str) -> Server:
     """A Server from "mysql://user[:password]@host[:port]/[?unix_socket=PATH]"."""
     # Never quote TEXT in an error: it may hold the password.
     example = 'such as "mysql://quotad@db1:3306/"'
@@ -601,12 +608,12 @@ def _read_password(path: Path) -> str:
         raise SourceError(f"cannot read password_file {display_path(path)}: {problem}") from exc
 
 
-def _code(exc: pymysql.err.MySQLError) -> int | None:
+def error_code(exc: pymysql.err.MySQLError) -> int | None:
     code = exc.args[0] if exc.args else None
     return code if isinstance(code, int) else None
 
 
-def _message(exc: pymysql.err.MySQLError) -> str:
+def error_message(exc: pymysql.err.MySQLError) -> str:
     """The server's or the driver's sentence, without the error code."""
     text = exc.args[1] if len(exc.args) > 1 else str(exc)
     return one_line(str(text)) or type(exc).__name__
