@@ -48,6 +48,8 @@ class SmtpServer:
     messages: list[Received] = field(default_factory=list)
     # Recipients answered with 550 at RCPT TO, as a server does for an unknown user.
     reject: set[str] = field(default_factory=set)
+    # Mail to these is answered 421 after its text, as a server going down does.
+    hang_up_on: set[str] = field(default_factory=set)
     password: str | None = None
     # The certificate to trust for STARTTLS, or None on a plain server.
     ca_file: Path | None = None
@@ -83,6 +85,8 @@ class _Handler:
         session: Session,  # noqa: ARG002
         envelope: Envelope,
     ) -> str:
+        if self.server.hang_up_on.intersection(envelope.rcpt_tos):
+            return "421 4.3.2 shutting down"
         # SMTP carries CRLF; a mailbox (and these tests) read lines ending in LF.
         content = (envelope.original_content or b"").replace(b"\r\n", b"\n")
         message = BytesParser(policy=policy.default).parsebytes(content)

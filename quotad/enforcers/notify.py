@@ -313,7 +313,7 @@ class Notifier:
         refused: dict[str, dict[str, str]] = {}
         problems: list[str] = []
         for index, message in enumerate(messages):
-            label = message.get("Message-ID", f"message {index + 1}")
+            label = str(message.get("Message-ID", f"message {index + 1}"))
             try:
                 answers = conn.send_message(
                     message, from_addr=self._sender_address, to_addrs=envelope_recipients(message)
@@ -321,13 +321,18 @@ class Notifier:
             except smtplib.SMTPRecipientsRefused as exc:
                 unsent.append(message)
                 problems.append(f"{label}: every recipient refused ({_refusals(exc.recipients)})")
-            except (smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as exc:
-                # The server answered and the connection stays usable for the rest.
+            except (
+                smtplib.SMTPSenderRefused,
+                smtplib.SMTPDataError,
+                smtplib.SMTPNotSupportedError,
+            ) as exc:
+                # Refused for this message alone (an answer to MAIL or DATA, or an
+                # address that needs SMTPUTF8); the connection serves the rest.
                 unsent.append(message)
                 problems.append(f"{label}: {_describe(exc, password)}")
             except (OSError, smtplib.SMTPException) as exc:
                 unsent.extend(messages[index:])
-                problems.append(f"connection lost at {label}: {_describe(exc, password)}")
+                problems.append(f"connection failed at {label}: {_describe(exc, password)}")
                 break
             else:
                 sent.append(message)

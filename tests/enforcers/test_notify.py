@@ -243,6 +243,26 @@ def test_a_refused_recipient_is_reported_and_the_rest_is_sent(smtp_server: SmtpS
     ]
 
 
+def test_a_server_that_hangs_up_mid_batch_leaves_the_rest_unsent(
+    smtp_server: SmtpServer,
+) -> None:
+    notifier = Notifier(settings(smtp_server))
+    alice, bob, carol = (
+        notifier.render(notice(member=m, recipients=[f"{m}@members.example"]))
+        for m in ("alice", "bob", "carol")
+    )
+    smtp_server.hang_up_on.add("bob@members.example")
+    with pytest.raises(NotifyError) as info:
+        notifier.send([alice, bob, carol])
+    assert info.value.sent == (alice,)
+    assert info.value.unsent == (bob, carol)
+    text = str(info.value)
+    assert "2 of 3 messages not sent" in text
+    assert f"{bob['Message-ID']}: 421 4.3.2 shutting down" in text
+    assert f"connection failed at {carol['Message-ID']}" in text
+    assert [r.rcpt_tos for r in smtp_server.messages] == [["alice@members.example"]]
+
+
 def test_server_down_is_a_notify_error_with_nothing_sent() -> None:
     port = free_port()
     notifier = Notifier(
