@@ -24,11 +24,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from quotad import migrate
 from quotad.auth.service import TokenInfo, TokenService
 from quotad.config import Settings, load_settings
-from quotad.db import make_engine, session_scope
+from quotad.db import make_engine, session_scope, utcnow
 from quotad.demo import write_demo
+from quotad.enforcement.service import EnforcementService, Plan
+from quotad.enforcers.notify import Notifier
 from quotad.errors import ConfigError, InvalidInput, QuotadError
 from quotad.formatting import human_size, table
 from quotad.ledger.service import COMPLETE, FAILED, LedgerService, ScanInput
+from quotad.locks import job_lock
 from quotad.members.models import Member
 from quotad.members.service import MemberService
 from quotad.push import (
@@ -271,6 +274,75 @@ def _scan_push(args: argparse.Namespace) -> int:
         )
     failed = [r for r in results if not r["earlier"] and r.get("status") != COMPLETE]
     return EXIT_FAILED if failed or undelivered else EXIT_OK
+
+
+# enforce
+
+
+def cmd_enforce(args: argparse.Namespace) -> int:
+    settings, engine = _engine(args)
+    dry_run = args.dry_run or settings.enforcement.dry_run
+    notifier = Notifier(settings.smtp, settings.enforcement.templates)
+    service = EnforcementService(
+        lambda *, write: session_scope(engine, write=write),
+        settings,
+        actor=actor(),
+        notifier=notifier,
+    )
+    with job_lock(engine, "enforce") as held:
+        if not held:
+            message = "another quotad enforce is running on this ledger; nothing done"
+            if args.json:
+                _print_json({"run_id": None, "skipped": message, "changes": [], "failed": 0})
+            else:
+                print(f"quotad: {message}", file=sys.stderr)
+            return EXIT_OK
+        plan = service.plan(utcnow(), dry_run=dry_run)
+        if not args.json:
+            _print_plan(plan)
+        service.apply(plan)
+    if args.json:
+        _print_json(plan.json())
+    elif not dry_run:
+        _print_outcome(plan)
+    return EXIT_FAILED if plan.failed else EXIT_OK
+
+
+def _change_rows(plan: Plan, *, outcome: bool) -> list[list[str]]:
+    rows = []
+    for change in plan.changes:
+        what = change.scope or ""
+        if change.resource is not None:
+            what = f"{change.source}:{change.resource}"
+        row = [change.type, change.member or "-", what, change.reason]
+        if outcome:
+            row = [change.status, *row[:3], change.message or ""]
+        rows.append(row)
+    return rows
+
+
+def _print_plan(plan: Plan) -> None:
+    mode = "dry run: nothing is changed" if plan.dry_run else "applying"
+    if not plan.changes:
+        print(f"enforce {plan.run_id}: nothing to change")
+        return
+    print(f"enforce {plan.run_id} ({mode}), {len(plan.changes)} changes:")
+    print(table(["change", "member", "on", "why"], _change_rows(plan, outcome=False)))
+
+
+def _print_outcome(plan: Plan) -> None:
+    if not plan.changes:
+        return
+    print()
+    print(
+        table(
+            ["outcome", "change", "member", "on", "what happened"], _change_rows(plan, outcome=True)
+        )
+    )
+    if plan.failed:
+        print(
+            f"{plan.failed} changes failed; they are tried again on the next run", file=sys.stderr
+        )
 
 
 # report
@@ -592,6 +664,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_report_commands(commands: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
+    enforce = add(
+        commands, "enforce", cmd_enforce, "evaluate every member, apply or lift restrictions, warn"
+    )
+    enforce.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
+    enforce.add_argument("--json", action="store_true", help="print the plan and outcome as JSON")
+
+    report = add(commands, "report", cmd_report, "every member: usage, limits, state, grace end")
+    report.add_argument(
+        "--json", action="store_true", help="a JSON array in the shape of GET /me/usage"
+    )
+
+
 def _add_token_commands(commands: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
     token = commands.add_parser("token", help="API tokens").add_subparsers(
         dest="token_command", required=True, metavar="ACTION"
@@ -672,10 +757,7 @@ def build_parser(extensions: Sequence[Extension] = ()) -> argparse.ArgumentParse
         "what is not sent by then waits in the outbox for the next run",
     )
 
-    report = add(commands, "report", cmd_report, "every member: usage, limits, state, grace end")
-    report.add_argument(
-        "--json", action="store_true", help="a JSON array in the shape of GET /me/usage"
-    )
+    _add_report_commands(commands, add)
 
     member = commands.add_parser("member", help="the member registry").add_subparsers(
         dest="member_command", required=True, metavar="ACTION"
