@@ -93,8 +93,8 @@ class _Share:
     weight: int
 
 
-class _Rest:
-    """A minimal Mailman 3 REST client: GET only, basic auth, no redirects, no proxy."""
+class RestClient:
+    """A minimal Mailman 3 REST client: basic auth, no redirects, no proxy."""
 
     def __init__(self, root: str, user: str, password: str, timeout: int) -> None:
         self.root = root
@@ -112,38 +112,64 @@ class _Rest:
         url = f"{self.root}/{path}"
         if query:
             url += "?" + urllib.parse.urlencode(query)
+        data = self._call("GET", url, None)
+        if data is None:
+            raise SourceError(f"Mailman REST {url}: expected a JSON object, got ''")
+        return data
+
+    def send(
+        self, method: str, path: str, fields: Mapping[str, str] | None = None
+    ) -> dict[str, Any] | None:
+        """METHOD (PATCH, POST, DELETE) with FIELDS as a form; the JSON answer, None if empty.
+
+        Raises RestStatusError for an error status, SourceError for anything
+        else that goes wrong.
+        """
+        body = urllib.parse.urlencode(fields).encode() if fields is not None else None
+        return self._call(method, f"{self.root}/{path}", body)
+
+    def _call(self, method: str, url: str, body: bytes | None) -> dict[str, Any] | None:
+        # A GET's messages name only the URL, as they always have.
+        label = url if method == "GET" else f"{method} {url}"
+        headers = {"Authorization": self._auth, "Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
         request = urllib.request.Request(  # noqa: S310 - the scheme is checked in from_options
-            url, headers={"Authorization": self._auth, "Accept": "application/json"}
+            url, data=body, headers=headers, method=method
         )
         try:
             with self._opener.open(request, timeout=self.timeout) as response:
-                body = response.read()
+                answer = response.read()
         except urllib.error.HTTPError as exc:
-            raise SourceError(
-                f"Mailman REST {url}: HTTP {exc.code} {exc.reason}{_http_detail(exc)}"
+            raise RestStatusError(
+                exc.code, f"Mailman REST {label}: HTTP {exc.code} {exc.reason}{_http_detail(exc)}"
             ) from None
         except urllib.error.URLError as exc:
             if isinstance(exc.reason, TimeoutError):
                 raise SourceError(
-                    f"Mailman REST {url}: no connection within {self.timeout} s (timeout)"
+                    f"Mailman REST {label}: no connection within {self.timeout} s (timeout)"
                 ) from None
             raise SourceError(
-                f"Mailman REST {url}: cannot connect: {_reason(exc.reason)}"
+                f"Mailman REST {label}: cannot connect: {_reason(exc.reason)}"
             ) from None
         except TimeoutError:
             raise SourceError(
-                f"Mailman REST {url}: no answer within {self.timeout} s (timeout)"
+                f"Mailman REST {label}: no answer within {self.timeout} s (timeout)"
             ) from None
         except (OSError, HTTPException) as exc:
-            raise SourceError(f"Mailman REST {url}: {_reason(exc)}") from None
+            raise SourceError(f"Mailman REST {label}: {_reason(exc)}") from None
+        if not answer and method != "GET":
+            return None  # 204 No Content, or 201 Created with only a Location
         try:
-            data = json.loads(body)
+            data = json.loads(answer)
         except ValueError:
             raise SourceError(
-                f"Mailman REST {url}: the answer is not JSON: {_excerpt(body)}"
+                f"Mailman REST {label}: the answer is not JSON: {_excerpt(answer)}"
             ) from None
         if not isinstance(data, dict):
-            raise SourceError(f"Mailman REST {url}: expected a JSON object, got {_excerpt(body)}")
+            raise SourceError(
+                f"Mailman REST {label}: expected a JSON object, got {_excerpt(answer)}"
+            )
         return data
 
     def collection(self, path: str) -> list[dict[str, Any]]:
@@ -171,6 +197,40 @@ class _Rest:
             if len(entries) >= total or len(batch) < _PAGE_SIZE:
                 return entries
             page += 1
+
+
+class RestStatusError(SourceError):
+    """The REST API answered with an error status (`status`: 404 for a list that is gone)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def open_rest(settings: RestSettings) -> RestClient:
+    """A client for SETTINGS, with the password read now; SourceError if it cannot be read."""
+    try:
+        password = settings.password_file.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        problem = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        label = display_path(settings.password_file)
+        raise SourceError(f"cannot read rest_password_file {label}: {problem}") from exc
+    return RestClient(settings.root, settings.user, password, settings.timeout)
+
+
+def list_ids_by_name(rest: RestClient) -> dict[str, list[str]]:
+    """List name (the Mailman 2 archive folder's name) -> the list_id of every list so named.
+
+    Lists of one name in several domains share a name, hence a list of ids.
+    """
+    by_name: dict[str, list[str]] = {}
+    for entry in rest.collection("lists"):
+        list_id, list_name = _list_identity(rest.root, entry)
+        ids = by_name.setdefault(list_name, [])
+        # Pages can overlap when a list is created between two requests.
+        if list_id not in ids:
+            ids.append(list_id)
+    return by_name
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -416,20 +476,8 @@ class MailmanScanner(Scanner):
     def _owners_from_rest(
         settings: RestSettings, archives: Mapping[str, object]
     ) -> dict[str, _ListOwners]:
-        try:
-            password = settings.password_file.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            problem = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-            label = display_path(settings.password_file)
-            raise SourceError(f"cannot read rest_password_file {label}: {problem}") from exc
-        rest = _Rest(settings.root, settings.user, password, settings.timeout)
-        by_name: dict[str, list[str]] = {}
-        for entry in rest.collection("lists"):
-            list_id, list_name = _list_identity(rest.root, entry)
-            ids = by_name.setdefault(list_name, [])
-            # Pages can overlap when a list is created between two requests.
-            if list_id not in ids:
-                ids.append(list_id)
+        rest = open_rest(settings)
+        by_name = list_ids_by_name(rest)
         result: dict[str, _ListOwners] = {}
         for list_name, ids in by_name.items():
             if list_name not in archives:

@@ -84,6 +84,11 @@ lmtp_host: 127.0.0.1
 lmtp_port: {free_port()}
 smtp_host: 127.0.0.1
 smtp_port: {free_port()}
+
+# Writes each archived post into a Maildir under var/archives/prototype/,
+# so that a test can see whether a post was archived.
+[archiver.prototype]
+enable: yes
 """,
             encoding="utf-8",
         )
@@ -201,6 +206,64 @@ smtp_port: {free_port()}
 
     def delete_list(self, list_id: str) -> None:
         self.request("DELETE", f"lists/{list_id}")
+
+    def subscribe(self, list_id: str, address: str) -> str:
+        """Subscribe ADDRESS as a regular member, with no confirmation; return its member_id."""
+        self.request(
+            "POST",
+            "members",
+            {
+                "list_id": list_id,
+                "subscriber": address,
+                "pre_verified": "true",
+                "pre_confirmed": "true",
+                "pre_approved": "true",
+            },
+        )
+        return self.member_id(list_id, address, "member")
+
+    def member_id(self, list_id: str, address: str, role: str) -> str:
+        found = self.request(
+            "POST", "members/find", {"list_id": list_id, "subscriber": address, "role": role}
+        )
+        (entry,) = found["entries"]
+        member_id: str = entry["member_id"]
+        return member_id
+
+    def post(self, list_id: str, sender: str, subject: str) -> str:
+        """Queue a post from SENDER to the list as if it came in by mail; return its Message-ID."""
+        list_name, _, domain = list_id.partition(".")
+        message_id = f"<{uuid.uuid4().hex}@{domain}>"
+        message = (
+            f"From: {sender}\nTo: {list_name}@{domain}\nSubject: {subject}\n"
+            f"Message-ID: {message_id}\n\n{subject}\n"
+        )
+        subprocess.run(
+            self._command("inject", "-q", "in", list_id),
+            input=message.encode(),
+            capture_output=True,
+            timeout=60,
+            check=True,
+        )
+        return message_id
+
+    def archived(self, list_id: str) -> set[str]:
+        """The Message-IDs of the list's posts in the prototype archiver's Maildir."""
+        list_name, _, domain = list_id.partition(".")
+        folder = self.workdir / "var" / "archives" / "prototype" / f"{list_name}@{domain}"
+        found = set()
+        for path in [*folder.glob("new/*"), *folder.glob("cur/*")]:
+            with contextlib.suppress(OSError):
+                for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                    if line.lower().startswith("message-id:"):
+                        found.add(line.partition(":")[2].strip())
+                        break
+        return found
+
+    def held(self, list_id: str) -> set[str]:
+        """The Message-IDs of the list's posts held for moderation."""
+        data = self.get(f"lists/{list_id}/held")
+        return {entry["message_id"] for entry in data.get("entries", [])}
 
 
 def _session_pids(session: int) -> list[int]:
