@@ -267,6 +267,8 @@ class DovecotEnforcer(Enforcer):
 
     source_kind = "maildir"
     OPTIONS = frozenset({"dovecot_quota_file", "dovecot_user", "doveadm"})
+    # Without the file Dovecot reads, a maildir source is only watched.
+    REQUIRED = frozenset({"dovecot_quota_file"})
 
     def __init__(
         self,
