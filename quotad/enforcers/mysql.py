@@ -233,9 +233,11 @@ class _Connection:
         return True
 
     def error(self, exc: pymysql.err.MySQLError, sql: str) -> EnforcerError:
-        what = " ".join(sql.split()[:2])
+        # The whole statement: it names the account and the privileges, and
+        # never holds a password (quotad never sets one).
+        statement = " ".join(sql.split())
         message = redact(error_message(exc), self.password)
-        return EnforcerError(f"{self.label}: {what}: {message}")
+        return EnforcerError(f"{self.label}: {statement}: {message}")
 
     def literal(self, text: str) -> str:
         return str(self.conn.escape(text))
@@ -334,12 +336,16 @@ class MysqlEnforcer(Enforcer):
             state = self._read(session, schema)
             self._refuse_global_writers(state, target, changes)
             done: list[str] = []
+            cached = False
             for change in changes:
                 note = self._apply(session, state, schema, change)
                 if note:
                     done.append(note)
+                    # Table and column grants are checked afresh on every
+                    # statement; schema-level ones as of the session's USE.
+                    cached = cached or change["on"] in {"schema", "exception"}
             ended = 0
-            if done and self.kill_sessions:
+            if cached and self.kill_sessions:
                 ended = self._end_sessions(session, state, target, schema)
         if not done:
             return f"schema {schema!r}: already restricted (nothing left to revoke)"

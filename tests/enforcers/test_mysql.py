@@ -215,6 +215,15 @@ def test_a_pattern_grant_is_overridden_for_this_schema_alone(
     assert can(user, "INSERT INTO payload (v) VALUES ('x')", schema)
 
 
+def test_a_pattern_that_grants_only_writes_is_refused(
+    mariadb: MyObjects, member: tuple[str, str]
+) -> None:
+    user, schema = member
+    mariadb.grant("INSERT, UPDATE", f"{user}\\_%", user)
+    with pytest.raises(EnforcerError, match=r"without restricting other schemas"):
+        enforcer().snapshot(target(schema, user))
+
+
 def test_lift_after_the_schema_was_dropped(mariadb: MyObjects, member: tuple[str, str]) -> None:
     user, schema = member
     mariadb.grant("SELECT, INSERT, DELETE", escape_pattern(schema), user)
@@ -277,8 +286,12 @@ def test_a_role_holding_privileges_is_restricted(
     mariadb.execute(f"SET DEFAULT ROLE {role} FOR %s@'%%'", (user,))
     before = grants(mariadb, role, host=None)
     assert can(user, "INSERT INTO payload (v) VALUES ('x')", schema)
+    inside = connect(user, schema)
 
     saved = restricted(mariadb, schema, user)
+    # A role's privileges on the session's schema are cached like the account's own.
+    with pytest.raises(pymysql.err.OperationalError), inside.cursor() as cursor:
+        cursor.execute("INSERT INTO payload (v) VALUES ('x')")
     assert not can(user, "INSERT INTO payload (v) VALUES ('x')", schema)
     assert can(user, "DELETE FROM payload", schema)
 
@@ -297,8 +310,13 @@ def test_administrators_and_exempt_accounts_keep_their_grants(
     for who in (user, admin, backup):
         mariadb.grant("SELECT, INSERT", escape_pattern(schema), who)
     before = {who: grants(mariadb, who) for who in (admin, backup)}
+    sessions = [connect(who, schema) for who in (admin, backup)]
 
     saved = restricted(mariadb, schema, user, exempt_accounts=[backup])
+    for session in sessions:
+        with session.cursor() as cursor:
+            cursor.execute("INSERT INTO payload (v) VALUES ('x')")
+        session.close()
     assert {c["grantee"]["user"] for c in saved["changes"]} == {user}
     assert {who: grants(mariadb, who) for who in (admin, backup)} == before
     assert can(admin, "INSERT INTO payload (v) VALUES ('x')", schema)
