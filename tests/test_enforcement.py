@@ -22,6 +22,7 @@ from quotad.db import session_scope
 from quotad.enforcement.models import EnforcementAction
 from quotad.enforcement.service import EnforcementService, Plan
 from quotad.enforcers.base import Enforcer, EnforcerError, Saved, Target
+from quotad.enforcers.notify import Notifier
 from quotad.ledger.service import LedgerService, ScanInput
 from quotad.quotas.models import QuotaStateRow
 from quotad.quotas.service import QuotaService
@@ -92,9 +93,10 @@ class FakeDaemon(Enforcer):
 class World:
     """A ledger, settings with the fake enforcer, and a clock."""
 
-    def __init__(self, ledger: Ledger, extra: str = "") -> None:
+    def __init__(self, ledger: Ledger, extra: str = "", *, mail: bool = False) -> None:
         self.ledger = ledger
         base = ledger.settings(CONFIG + extra)
+        self.notifier = Notifier(base.smtp, base.enforcement.templates) if mail else None
         self.daemon = FakeDaemon(base.sources[0].scanner)
         source = dataclasses.replace(base.sources[0], enforcer=self.daemon)
         self.settings: Settings = dataclasses.replace(base, sources=(source,))
@@ -116,7 +118,9 @@ class World:
 
     def service(self) -> EnforcementService:
         return EnforcementService(
-            lambda *, write: session_scope(self.ledger.engine, write=write), self.settings
+            lambda *, write: session_scope(self.ledger.engine, write=write),
+            self.settings,
+            notifier=self.notifier,
         )
 
     def run(self, *, advance: dt.timedelta = HOUR, dry_run: bool = False) -> Plan:

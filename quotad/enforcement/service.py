@@ -343,7 +343,9 @@ class EnforcementService:
             event = _mail_event(status, level, sent, plan.now, interval)
             if event is None:
                 continue
-            admins = settings.notify_admins if event != "warning" else ()
+            # Admins are copied on state changes only, not on warnings.
+            state_changed = status.changed and status.state != before
+            admins = settings.notify_admins if state_changed else ()
             recipients = (member.email,) if member.email else ()
             notice, problem = None, "the member has no email address"
             if recipients or admins:
