@@ -13,14 +13,18 @@ import grp
 import multiprocessing
 import os
 import stat
+import subprocess
 import time
+import tomllib
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from quotad.config import SourceSettings, parse_settings
 from quotad.enforcers.base import EnforcerError, Target
 from quotad.enforcers.dovecot import DovecotEnforcer, QuotaFile, restricted_line, rule_limit
+from quotad.errors import ConfigError
 from scanners.base import Measurement, OptionError, ScanContext
 from scanners.maildir import MaildirScanner
 from tests.dovecot_server import DovecotServer, dovecot_with_quota_file
@@ -28,6 +32,7 @@ from tests.dovecot_server import DovecotServer, dovecot_with_quota_file
 __all__ = ["dovecot_with_quota_file"]  # a fixture, used by name
 
 DELIVERED, TEMPFAIL, REFUSED = 0, 75, 77
+EX_CANTCREAT = 73  # doveadm save, refused
 
 HEADER = "# quota rules for Dovecot, kept by quotad\n\n"
 OTHERS = (
@@ -76,6 +81,18 @@ def target_of(server: DovecotServer, user: str) -> Target:
     raise AssertionError(f"the scanner found no mailbox for {user}")
 
 
+def save(server: DovecotServer, user: str) -> subprocess.CompletedProcess[str]:
+    """`doveadm save` into USER's INBOX: what an IMAP APPEND does."""
+    return subprocess.run(
+        [server.binaries[1], "-c", str(server.conf), "save", "-u", user, "-m", "INBOX"],
+        input=message(),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
 def messages_in(server: DovecotServer, user: str) -> int:
     box = server.maildir(user)
     return sum(1 for part in ("new", "cur") for _ in (box / part).iterdir())
@@ -113,9 +130,13 @@ def test_over_the_cap_dovecot_refuses_mail_and_takes_it_again_after_lift(
         refused = server.deliver(user, message(size))
         assert refused.returncode == REFUSED, refused
         assert "Quota exceeded" in refused.stdout + refused.stderr
+    # An IMAP APPEND (a client saving to Sent) is refused too.
+    assert save(server, user).returncode == EX_CANTCREAT
     assert messages_in(server, user) == 3
-    # The member can still clean up.
-    server.doveadm("expunge", "-u", user, "mailbox", "INBOX", "all")
+    # The member can still clean up: a move to Trash is not new mail.
+    server.doveadm("mailbox", "create", "-u", user, "Trash")
+    server.doveadm("move", "-u", user, "Trash", "mailbox", "INBOX", "all")
+    server.doveadm("expunge", "-u", user, "mailbox", "Trash", "all")
     assert messages_in(server, user) == 0
 
     said = enforcer.lift(target, saved)
@@ -314,6 +335,26 @@ def _cycle(path: str, users: list[str], step: str) -> None:
             enforcer.lift(target, saved)
 
 
+def test_of_two_lines_for_a_user_the_first_is_changed_the_one_dovecot_uses(
+    tmp_path: Path,
+) -> None:
+    # Dovecot 2.3.19 logs "User ivy exists more than once" and uses the first.
+    path = tmp_path / "quota-users"
+    original = (
+        b"ivy:::::::userdb_quota_rule=*:storage=9G\nivy:::::::userdb_quota_rule=*:storage=1G\n"
+    )
+    path.write_bytes(original)
+    scanner = MaildirScanner.from_options("mail", {"path": f"{tmp_path}/{{member}}"}, Path())
+    enforcer = DovecotEnforcer.from_options(scanner, {"dovecot_quota_file": str(path)}, Path())
+    target = Target("ivy", "mail", "maildir", "ivy", 10, detail={"message_bytes": 10})
+    saved = enforcer.snapshot(target)
+
+    enforcer.restrict(target, saved)
+    assert path.read_bytes().splitlines()[0] == b"ivy:::::::userdb_quota_rule=*:storage=10B"
+    enforcer.lift(target, saved)
+    assert path.read_bytes() == original
+
+
 def test_concurrent_writers_lose_no_line(tmp_path: Path) -> None:
     path = tmp_path / "quota-users"
     path.write_bytes(OTHERS)
@@ -389,6 +430,21 @@ def test_bad_options_name_their_key(options: dict[str, object], key: str) -> Non
     with pytest.raises(OptionError) as caught:
         DovecotEnforcer.from_options(scanner, options, Path())
     assert caught.value.key == key
+
+
+def test_a_maildir_source_enforces_only_with_the_quota_file(tmp_path: Path) -> None:
+    def source(extra: str) -> SourceSettings:
+        text = f'[[sources]]\nname = "mail"\nkind = "maildir"\npath = "/srv/{{member}}"\n{extra}'
+        raw = tomllib.loads(text)
+        (only,) = parse_settings(raw, file_label="<test>", base_dir=tmp_path).sources
+        return only
+
+    assert source("").enforcer is None
+    enforcer = source('dovecot_quota_file = "dovecot-quota"\n').enforcer
+    assert isinstance(enforcer, DovecotEnforcer)
+    assert enforcer.quota_file == tmp_path / "dovecot-quota"
+    with pytest.raises(ConfigError, match="enforce: cannot be true: it needs dovecot_quota_file"):
+        source("enforce = true\n")
 
 
 def test_options_relative_path_and_doveadm_command(tmp_path: Path) -> None:
