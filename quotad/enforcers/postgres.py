@@ -109,6 +109,18 @@ _KINDS: dict[str, _Kind] = {
         "pg_class",
         "relacl",
     ),
+    # A view writes with its owner's rights, a superuser's too: nobody
+    # keeps INSERT or UPDATE on one. Its owner keeps it, as it could only
+    # write through it what it may write itself.
+    "view": _Kind(
+        "r",
+        "TABLE",
+        None,
+        frozenset(),
+        frozenset({"INSERT", "UPDATE"}),
+        "pg_class",
+        "relacl",
+    ),
     # A sequence of a serial or identity column follows its table's owner.
     "sequence": _Kind("s", "SEQUENCE", None, frozenset(), frozenset(), "pg_class", "relacl"),
     # Column grants go with the table: REVOKE on the table revokes them too.
@@ -147,6 +159,13 @@ _LISTINGS: dict[str, str] = {
         JOIN pg_catalog.pg_roles AS r ON r.oid = c.relowner
         WHERE c.relkind IN ('r', 'p') AND c.relpersistence <> 't'
           AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'""",
+    "view": """
+        SELECT c.oid, 0, ARRAY[n.nspname, c.relname], r.rolname, r.rolsuper, c.relacl::text
+        FROM pg_catalog.pg_class AS c
+        JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+        JOIN pg_catalog.pg_roles AS r ON r.oid = c.relowner
+        WHERE c.relkind IN ('v', 'f')
+          AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'""",
     "materialized view": """
         SELECT c.oid, 0, ARRAY[n.nspname, c.relname], r.rolname, r.rolsuper, c.relacl::text
         FROM pg_catalog.pg_class AS c
@@ -172,7 +191,7 @@ _LISTINGS: dict[str, str] = {
         JOIN pg_catalog.pg_class AS c ON c.oid = a.attrelid
         JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
         JOIN pg_catalog.pg_roles AS r ON r.oid = c.relowner
-        WHERE c.relkind IN ('r', 'p', 'm') AND c.relpersistence <> 't'
+        WHERE c.relkind IN ('r', 'p', 'm', 'v', 'f') AND c.relpersistence <> 't'
           AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'
           AND a.attnum > 0 AND NOT a.attisdropped""",
     "large object": """
@@ -351,7 +370,7 @@ class PostgresEnforcer(Enforcer):
             for obj in moving:
                 _alter_owner(cur, obj, hold)
             objects = _listing(cur)
-            stripped = sum(_strip(cur, o) for o in objects)
+            stripped = sum(_strip(cur, o, hold) for o in objects)
             # A former owner gets back only part of what the snapshot shows it
             # had; an object moved just now (made after the snapshot) has its
             # owner of a moment ago as the former one.
@@ -362,12 +381,22 @@ class PostgresEnforcer(Enforcer):
                 now = current.get(key)
                 if now is not None and former.owner not in {hold, now.owner}:
                     _grant_back(cur, now, former)
-        parts = [f"{len(moving)} object(s) handed to {hold}" if moving else "already held"]
+            # With this server setting nobody's large objects are checked at all.
+            row = cur.execute(
+                "SELECT pg_catalog.current_setting('lo_compat_privileges')::bool"
+                " AND EXISTS (SELECT FROM pg_catalog.pg_largeobject_metadata)"
+            ).fetchone()
+            unchecked = row is not None and bool(row[0])
+        parts = []
+        if moving:
+            parts.append(f"{len(moving)} object(s) handed to {hold}")
         if stripped:
             parts.append(f"{stripped} write grant(s) revoked")
         if created:
             parts.append(f"role {hold} created")
-        return f"database {target.name!r} restricted: " + ", ".join(parts)
+        if unchecked:
+            parts.append("large objects stay writable: lo_compat_privileges is on")
+        return f"database {target.name!r} restricted: " + (", ".join(parts) or "already held")
 
     def lift(self, target: Target, saved: Saved) -> str:
         """Give every object its saved owner and ACL back, byte for byte."""
@@ -581,8 +610,13 @@ def _as_role(cur: psycopg.Cursor[Any], role: str, owner: str) -> Iterator[None]:
         cur.execute("RESET ROLE")
 
 
-def _strip(cur: psycopg.Cursor[Any], obj: _Object) -> int:
-    """Revoke the kind's write privileges from everyone but the owner; how many went."""
+def _strip(cur: psycopg.Cursor[Any], obj: _Object, hold: str) -> int:
+    """Revoke the kind's write privileges from everyone but the owner; how many went.
+
+    The holding role loses them too: a rule's actions (ON DELETE DO ALSO
+    INSERT ...) run with the rights of the table's owner, so a member's
+    DELETE would otherwise write as the holding role.
+    """
     strip = _KINDS[obj.kind].strip
     if not strip:
         return 0
@@ -592,9 +626,9 @@ def _strip(cur: psycopg.Cursor[Any], obj: _Object) -> int:
         if current is None:
             return count
         items = _items(cur, current)
-        if current.kind == "table":
+        if current.kind in {"table", "view"}:
             items |= _column_items(cur, current)
-        left = [i for i in items if i[2] in strip and i[1] != current.owner]
+        left = [i for i in items if i[2] in strip and (i[1] != current.owner or i[1] == hold)]
         if not left:
             return count
         count += len(left)
@@ -674,12 +708,22 @@ def _restore(cur: psycopg.Cursor[Any], wanted: list[_Object], hold: str) -> tupl
         if want.moves() and now.owner != want.owner and _role_exists(cur, want.owner):
             _alter_owner(cur, now, want.owner)
             restored += 1
-    # What was made while held (by a superuser, as no one else could) goes
-    # to the database's owner, the only former owner known for it.
+    # What the snapshot does not show (made after it, and held by a retried
+    # restrict) goes to the database's owner, the only former owner known
+    # for it, with the owner's own rights that restrict took.
     saved_keys = {w.key for w in wanted}
     for now in current.values():
         if now.key not in saved_keys and now.owner == hold and now.moves():
             _alter_owner(cur, now, database_owner)
+            strip = _KINDS[now.kind].strip
+            if strip:
+                cur.execute(
+                    sql.SQL("GRANT {} {} TO {}").format(
+                        sql.SQL(", ").join(sql.SQL(p) for p in sorted(strip)),
+                        _on(now),
+                        sql.Identifier(database_owner),
+                    )
+                )
             restored += 1
     for want in wanted:
         _restore_acl(cur, want)

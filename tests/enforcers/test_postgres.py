@@ -124,12 +124,23 @@ class Setup:
             conn.execute("CREATE MATERIALIZED VIEW notes_mv AS SELECT * FROM notes")
             conn.execute("CREATE VIEW notes_v AS SELECT * FROM notes")
             conn.execute(f'ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO "{self.bob}"')
+            # A rule's actions run with the table owner's rights.
+            conn.execute("CREATE TABLE audited (v text)")
+            conn.execute("CREATE TABLE audit_log (v text)")
+            conn.execute("INSERT INTO audited VALUES ('a')")
+            conn.execute(
+                "CREATE RULE keep AS ON DELETE TO audited DO ALSO"
+                " INSERT INTO audit_log VALUES (old.v)"
+            )
             row = conn.execute("SELECT lo_from_bytea(0, 'hello')").fetchone()
             assert row is not None
             self.lo = int(row[0])
         with psycopg.connect(PgObjects.dsn(self.db), autocommit=True) as conn:
-            # The superuser's table (from pg.database) with a write grant to the member.
+            # The superuser's table (from pg.database) with a write grant to
+            # the member, and a view through which it writes as the superuser.
             conn.execute(f'GRANT INSERT, UPDATE, SELECT ON payload TO "{self.member}"')
+            conn.execute("CREATE VIEW payload_v AS SELECT * FROM payload")
+            conn.execute(f'GRANT INSERT, SELECT ON payload_v TO "{self.member}"')
         pg.admin.execute(f'GRANT CREATE ON DATABASE "{self.db}" TO "{self.bob}"')
         self.target = target(self.member, self.db)
 
@@ -145,12 +156,14 @@ _WRITES = (
     "INSERT INTO notes_v (body) VALUES ('x')",
     "INSERT INTO payload VALUES (0, 'x')",
     "UPDATE payload SET v = 'y'",
+    "INSERT INTO payload_v VALUES (0, 'x')",
     "CREATE TABLE more (x int)",
     "CREATE TABLE app.more (x int)",
     "CREATE TEMP TABLE scratch (x int)",
     "CREATE SCHEMA more",
     "CREATE INDEX ON notes (body)",
     "REFRESH MATERIALIZED VIEW notes_mv",
+    "DELETE FROM audited",
     "SELECT lo_from_bytea(0, 'more')",
     "SELECT lo_create(0)",
 )
@@ -239,10 +252,12 @@ def test_over_hard_the_member_can_read_and_delete_but_not_write_nor_undo_it(
         conn.execute("INSERT INTO notes (body) VALUES ('back')")
         conn.execute("UPDATE app.items SET v = 'w'")
         conn.execute("INSERT INTO payload VALUES (0, 'x')")
+        conn.execute("INSERT INTO payload_v VALUES (0, 'x')")
         conn.execute("CREATE TABLE more (x int)")
         conn.execute("CREATE TEMP TABLE scratch (x int)")
         conn.execute("SELECT lo_put(%s, 0, 'j')", (setup.lo,))
         conn.execute("REFRESH MATERIALIZED VIEW notes_mv")
+        conn.execute("DELETE FROM audited")
     with session(setup.db, setup.bob) as conn:
         conn.execute("INSERT INTO shared VALUES (1, 'x')")
         conn.execute("UPDATE shared SET v = 'y'")
