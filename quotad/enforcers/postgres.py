@@ -340,7 +340,7 @@ class PostgresEnforcer(Enforcer):
 
     def snapshot(self, target: Target) -> Saved:
         """Owner and ACL of the database and of every object restrict will touch."""
-        with self._transaction(target) as cur:
+        with self._transaction(target, "taking the snapshot") as cur:
             objects = _listing(cur)
         database = objects[0]
         if database.owner.startswith(HOLD_PREFIX):
@@ -358,9 +358,10 @@ class PostgresEnforcer(Enforcer):
 
     def restrict(self, target: Target, saved: Saved) -> str:
         """Hand the database's objects to the holding role; former owners keep read and delete."""
+        self._check_saved(target, saved)
         hold = str(saved["hold"])
         prior = {o.key: o for o in map(_Object.from_saved, saved["objects"])}
-        with self._transaction(target) as cur:
+        with self._transaction(target, "restricting") as cur:
             self._same_database(cur, target, saved)
             created = _ensure_hold(cur, hold)
             objects = _listing(cur)
@@ -400,10 +401,11 @@ class PostgresEnforcer(Enforcer):
 
     def lift(self, target: Target, saved: Saved) -> str:
         """Give every object its saved owner and ACL back, byte for byte."""
+        self._check_saved(target, saved)
         hold = str(saved["hold"])
         wanted = [_Object.from_saved(raw) for raw in saved["objects"]]
         try:
-            with self._transaction(target) as cur:
+            with self._transaction(target, "lifting") as cur:
                 if self._oid(cur) != int(saved["oid"]):
                     done = f"database {target.name!r} was dropped and made anew: nothing to restore"
                 else:
@@ -438,7 +440,7 @@ class PostgresEnforcer(Enforcer):
         return EnforcerError(f"{self._label(target)}: {what}: {message}")
 
     @contextlib.contextmanager
-    def _transaction(self, target: Target) -> Iterator[psycopg.Cursor[Any]]:
+    def _transaction(self, target: Target, what: str) -> Iterator[psycopg.Cursor[Any]]:
         """A cursor in one transaction on TARGET's database, committed when the block succeeds."""
         extra: dict[str, str | int] = {
             "dbname": target.name,
@@ -448,11 +450,11 @@ class PostgresEnforcer(Enforcer):
             extra["application_name"] = f"quotad enforcer {self.pg.name}"
         try:
             conn = psycopg.connect(make_conninfo(self.dsn, **extra))
-        except pg_errors.InvalidCatalogName:
-            raise _DatabaseGone from None
         except psycopg.Error as exc:
-            if "does not exist" in str(exc) and f'"{target.name}"' in str(exc):
-                raise _DatabaseGone from None
+            # libpq reports a missing database only in the server's words
+            # (which may be translated): ask the catalog instead.
+            if self._missing(target):
+                raise _DatabaseGone(f"{self._label(target)}: no such database") from None
             raise self._error(target, "cannot connect", exc) from None
         try:
             with conn, conn.cursor() as cur:
@@ -465,9 +467,20 @@ class PostgresEnforcer(Enforcer):
                 )
                 yield cur
         except psycopg.Error as exc:
-            raise self._error(target, "enforcing", exc) from None
+            raise self._error(target, what, exc) from None
         finally:
             conn.close()
+
+    def _missing(self, target: Target) -> bool:
+        """Whether the server, reached through the DSN's own database, lacks TARGET's."""
+        try:
+            with psycopg.connect(self.dsn, connect_timeout=self.pg.timeout) as conn:
+                row = conn.execute(
+                    "SELECT FROM pg_catalog.pg_database WHERE datname = %s", (target.name,)
+                ).fetchone()
+        except psycopg.Error:
+            return False
+        return row is None
 
     def _oid(self, cur: psycopg.Cursor[Any]) -> int:
         row = cur.execute(
@@ -475,6 +488,13 @@ class PostgresEnforcer(Enforcer):
         ).fetchone()
         assert row is not None
         return int(row[0])
+
+    def _check_saved(self, target: Target, saved: Saved) -> None:
+        if saved.get("version") != _SAVED_VERSION or saved.get("database") != target.name:
+            raise EnforcerError(
+                f"{self._label(target)}: the saved state is not a snapshot of this database"
+                f" by this version of the enforcer (version {saved.get('version')!r})"
+            )
 
     def _same_database(self, cur: psycopg.Cursor[Any], target: Target, saved: Saved) -> None:
         if self._oid(cur) != int(saved["oid"]):
@@ -511,8 +531,8 @@ class PostgresEnforcer(Enforcer):
         return True
 
 
-class _DatabaseGone(Exception):
-    """The target database does not exist (any more)."""
+class _DatabaseGone(EnforcerError):
+    """The target database does not exist (any more): an error but for lift."""
 
 
 def _listing(cur: psycopg.Cursor[Any]) -> list[_Object]:
@@ -575,11 +595,37 @@ def _alter_owner(cur: psycopg.Cursor[Any], obj: _Object, owner: str) -> None:
 
 
 def _items(cur: psycopg.Cursor[Any], obj: _Object) -> set[Item]:
+    """OBJ's privileges; a saved entry naming a role dropped since then is left out."""
+    acl = _readable_acl(cur, obj.acl)
     rows = cur.execute(
         _EXPLODE_SQL,
-        {"acl": obj.acl, "type": _KINDS[obj.kind].acl_type, "owner": obj.owner},
+        {"acl": acl, "type": _KINDS[obj.kind].acl_type, "owner": obj.owner},
     ).fetchall()
     return {(str(g), e, str(p), bool(grantable)) for g, e, p, grantable in rows}
+
+
+def _readable_acl(cur: psycopg.Cursor[Any], acl: str | None) -> str | None:
+    """ACL as the server can read it now: without entries for roles that no longer exist."""
+    if acl is None or _is_readable(cur, acl):
+        return acl
+    # A role that had only grants restrict revoked may have been dropped meanwhile.
+    rows = cur.execute("SELECT pg_catalog.unnest(%s::text[])", (acl,)).fetchall()
+    kept = [item for (item,) in rows if _is_readable(cur, "{" + _quote_element(item) + "}")]
+    return "{" + ",".join(_quote_element(item) for item in kept) + "}"
+
+
+def _is_readable(cur: psycopg.Cursor[Any], acl: str) -> bool:
+    try:
+        with cur.connection.transaction():
+            cur.execute("SELECT %s::aclitem[]", (acl,))
+    except pg_errors.UndefinedObject:
+        return False
+    return True
+
+
+def _quote_element(item: str) -> str:
+    """ITEM as one element of an array literal."""
+    return '"' + item.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _grantee(name: str | None) -> sql.Composable:
@@ -743,7 +789,7 @@ def _restore_acl(cur: psycopg.Cursor[Any], want: _Object) -> None:
             return
         have = _items(cur, now)
         if have == wanted:
-            if now.acl != want.acl:
+            if now.acl != want.acl and _readable_acl(cur, want.acl) == want.acl:
                 # GRANT cannot write a NULL ACL back, nor put entries in their
                 # old order: the privileges match, only the bytes are left.
                 _write_acl(cur, now, want.acl)
