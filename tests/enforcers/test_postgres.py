@@ -141,6 +141,9 @@ class Setup:
             conn.execute(f'GRANT INSERT, UPDATE, SELECT ON payload TO "{self.member}"')
             conn.execute("CREATE VIEW payload_v AS SELECT * FROM payload")
             conn.execute(f'GRANT INSERT, SELECT ON payload_v TO "{self.member}"')
+        with session(self.db, self.bob) as conn:
+            # Handed on with bob's grant option: restored with bob as the grantor.
+            conn.execute("GRANT INSERT, SELECT ON shared TO PUBLIC")
         pg.admin.execute(f'GRANT CREATE ON DATABASE "{self.db}" TO "{self.bob}"')
         self.target = target(self.member, self.db)
 
