@@ -323,6 +323,8 @@ class PostgresEnforcer(Enforcer):
             raise TypeError(f"the postgres enforcer needs a PostgresScanner, not {scanner!r}")
         reader = Options(options)
         dsn = reader.optional_string("enforce_dsn")
+        if dsn is not None and not dsn.strip():
+            raise OptionError("enforce_dsn", "must not be empty (leave it out to use `dsn`)")
         if dsn is not None:
             try:
                 conninfo_to_dict(dsn)

@@ -389,6 +389,8 @@ def test_options() -> None:
     assert "s3cret" not in str(caught.value)
     with pytest.raises(OptionError):
         enforcer(enforce_dsn=5)
+    with pytest.raises(OptionError, match="empty"):
+        enforcer(enforce_dsn=" ")
     assert enforcer(enforce_dsn="host=db2 dbname=postgres").dsn == "host=db2 dbname=postgres"
     assert enforcer().dsn == PgObjects.dsn()
 
