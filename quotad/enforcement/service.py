@@ -450,6 +450,16 @@ class EnforcementService:
             change.status = FAILED
             change.message = _one_line(exc)
         self._record(plan, change, change.type, change.status)
+        log.log(
+            logging.INFO if change.status == DONE else logging.WARNING,
+            "%s %s:%s of %s %s: %s",
+            change.type,
+            change.source,
+            change.resource,
+            change.member,
+            change.status,
+            change.message,
+        )
 
     def _push_limits(self, plan: Plan) -> None:
         """Native limits for the resources left unrestricted, where a source pushes them."""
