@@ -311,3 +311,34 @@ def test_json_plan_shape(world: World, tmp_path: Path) -> None:
         "message": f"capped alice at {200 * MiB}",
     }
     del tmp_path
+
+
+class FakePusher(FakeDaemon):
+    """A daemon that can hold each resource to the hard limit itself (like AFS native_quota)."""
+
+    def push_limit(self, target: Target) -> str | None:
+        if self.limits.get(target.name) == target.hard_bytes:
+            return None
+        self.limits[target.name] = target.hard_bytes
+        return f"limit of {target.name} set to {target.hard_bytes}"
+
+
+def test_native_limits_are_pushed_to_unrestricted_resources_only(ledger: Ledger) -> None:
+    world = World(ledger)
+    world.daemon = FakePusher(world.daemon.scanner)
+    source = dataclasses.replace(world.settings.sources[0], enforcer=world.daemon)
+    world.settings = dataclasses.replace(world.settings, sources=(source,))
+    world.scan({"alice": 10 * MiB, "bob": 200 * MiB})
+    plan = world.run()
+    assert changes(plan, "push_limit") == [("alice", "done")]
+    assert world.daemon.limits == {"alice": 150 * MiB, "bob": 200 * MiB}
+    # Already in place: nothing to do or record.
+    assert world.run().changes == []
+    # An override moves the native limit on the next run.
+    with session_scope(ledger.engine, write=True) as session:
+        QuotaService(session, world.settings, "admin").set(
+            "alice", "total", soft=200 * MiB, hard=300 * MiB, grace=None, reason="bigger plan"
+        )
+    assert changes(world.run(), "push_limit") == [("alice", "done")]
+    assert world.daemon.limits["alice"] == 300 * MiB
+    assert ("alice", "push_limit", "done") in world.actions()

@@ -262,18 +262,10 @@ class EnforcementService:
                 kind=row.kind,
                 resource=row.name,
                 member_id=member.id,
-                target=Target(
-                    member=member.name,
-                    source=row.source,
-                    kind=row.kind,
-                    name=row.name,
-                    bytes=row.bytes,
-                    files=row.files,
-                    detail=row.detail or {},
-                    email=member.email,
-                    hard_bytes=narrowest.limit.hard_bytes
-                    if narrowest and narrowest.limit
-                    else None,
+                target=_target(
+                    member,
+                    row,
+                    narrowest.limit.hard_bytes if narrowest and narrowest.limit else None,
                 ),
             )
 
@@ -487,17 +479,7 @@ class EnforcementService:
             scope = limits[member.id].get(row.kind) or limits[member.id].get("total")
             if scope is None:
                 continue
-            target = Target(
-                member=member.name,
-                source=row.source,
-                kind=row.kind,
-                name=row.name,
-                bytes=row.bytes,
-                files=row.files,
-                detail=row.detail or {},
-                email=member.email,
-                hard_bytes=scope[0].hard_bytes,
-            )
+            target = _target(member, row, scope[0].hard_bytes)
             change = Change(
                 PUSH_LIMIT,
                 member.name,
@@ -552,6 +534,20 @@ class EnforcementService:
             # SENT and SKIPPED are fine outcomes; only a failure counts against the run.
             if change.status in (SENT, SKIPPED):
                 change.status = DONE if change.status == SENT else SKIPPED
+
+
+def _target(member: Member, row: CurrentRow, hard_bytes: int | None) -> Target:
+    return Target(
+        member=member.name,
+        source=row.source,
+        kind=row.kind,
+        name=row.name,
+        bytes=row.bytes,
+        files=row.files,
+        detail=row.detail or {},
+        email=member.email,
+        hard_bytes=hard_bytes,
+    )
 
 
 def _key(change: Change) -> tuple[str, str, str]:
