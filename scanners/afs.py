@@ -375,7 +375,9 @@ class AfsScanner(Scanner):
         """File each nameless (busy) copy under its VLDB name; failures for the unknown ones."""
         ids = sorted({copy.entry.id for copy in nameless})
         shown = ", ".join(map(str, ids[:_SHOWN_IDS])) + (", ..." if len(ids) > _SHOWN_IDS else "")
-        vldb = parse_vldb(self._run(["listvldb", "-quiet"], f"the VLDB (to name volumes {shown})"))
+        vldb = parse_vldb(
+            self.run_vos(["listvldb", "-quiet"], f"the VLDB (to name volumes {shown})")
+        )
         unknown: dict[str, ScanItem] = {}
         for copy in nameless:
             named = vldb.get(copy.entry.id)
@@ -393,7 +395,7 @@ class AfsScanner(Scanner):
 
     def _listing(self, server: str, partition: str | None) -> list[VolumeEntry]:
         args = ["listvol", server, *([f"/vicep{partition}"] if partition else []), "-format"]
-        text = self._run(args, f"server {server}")
+        text = self.run_vos(args, f"server {server}")
         if partition is None and not text.strip():
             # No partition at all: its disks not mounted, say. Taking that
             # for "no volumes" would charge every member 0.
@@ -417,8 +419,12 @@ class AfsScanner(Scanner):
     def _show(self, args: Sequence[str]) -> str:
         return shlex.join([self.vos, *args, *self.vos_args])
 
-    def _run(self, args: Sequence[str], what: str) -> str:
-        """Stdout of `vos ARGS VOS_ARGS`; SourceError naming the command and WHAT otherwise."""
+    def run_vos(self, args: Sequence[str], what: str) -> str:
+        """Stdout of `vos ARGS VOS_ARGS`; SourceError naming the command and WHAT otherwise.
+
+        Public: the AFS enforcer runs vos the same safe way (argument list,
+        C locale, own process group, timeout).
+        """
         command = [self.vos, *args, *self.vos_args]
         shown = self._show(args)
         try:

@@ -216,7 +216,7 @@ class AfsEnforcer(Enforcer):
 
     def _vos(self, args: list[str], what: str) -> str:
         try:
-            return self.afs._run(args, what)  # noqa: SLF001 - the scanner's safe runner, shared
+            return self.afs.run_vos(args, what)
         except SourceError as exc:
             raise EnforcerError(str(exc)) from None
 
