@@ -107,6 +107,9 @@ class Plan:
     now: dt.datetime
     dry_run: bool
     changes: list[Change]
+    # Resources left unrestricted whose source pushes native limits; they
+    # join `changes` when the daemon's limit had to change.
+    native: list[Change] = field(default_factory=list)
 
     @property
     def failed(self) -> int:
@@ -166,8 +169,11 @@ class EnforcementService:
                     every_scope=True,
                 )
                 plan.changes.extend(self._state_changes(plan, member, statuses))
-                for change in self._restrictions(member, rows, statuses):
-                    desired[_key(change)] = change
+                for change in self._resource_plans(member, rows, statuses):
+                    if change.type == RESTRICT:
+                        desired[_key(change)] = change
+                    else:
+                        plan.native.append(change)
                 plan.changes.extend(self._mail(plan, member, rows, statuses, inputs))
         names = {m.id: m.name for m in inputs.members}
         resource_changes = self._resource_changes(desired, inputs.restricted, names)
@@ -239,10 +245,14 @@ class EnforcementService:
                 },
             )
 
-    def _restrictions(
+    def _resource_plans(
         self, member: Member, rows: Sequence[CurrentRow], statuses: Sequence[QuotaStatus]
     ) -> Iterator[Change]:
-        """A restrict change for each of the member's resources a restricted scope covers."""
+        """A restrict for each resource a restricted scope covers; a native limit for the others.
+
+        The native limit is the hard limit of the narrowest scope with limits
+        (the resource's kind, else total), for sources that push it.
+        """
         by_scope = {s.scope: s for s in statuses}
         for row in rows:
             source = self.settings.source(row.source)
@@ -250,24 +260,32 @@ class EnforcementService:
                 continue
             covering = [s for s in (by_scope.get("total"), by_scope.get(row.kind)) if s is not None]
             restricting = [s for s in covering if s.evaluation.restricted]
-            if not restricting:
-                continue
             narrowest = next((s for s in reversed(covering) if s.limit is not None), None)
-            yield Change(
-                RESTRICT,
-                member.name,
-                "; ".join(_state_reason(s) for s in restricting),
-                scope=restricting[0].scope,
-                source=row.source,
-                kind=row.kind,
-                resource=row.name,
-                member_id=member.id,
-                target=_target(
-                    member,
-                    row,
-                    narrowest.limit.hard_bytes if narrowest and narrowest.limit else None,
-                ),
-            )
+            hard = narrowest.limit.hard_bytes if narrowest and narrowest.limit else None
+            if restricting:
+                yield Change(
+                    RESTRICT,
+                    member.name,
+                    "; ".join(_state_reason(s) for s in restricting),
+                    scope=restricting[0].scope,
+                    source=row.source,
+                    kind=row.kind,
+                    resource=row.name,
+                    member_id=member.id,
+                    target=_target(member, row, hard),
+                )
+            elif narrowest is not None and hard is not None and _pushes(source.enforcer):
+                yield Change(
+                    PUSH_LIMIT,
+                    member.name,
+                    f"native limit {human_size(hard)} ({narrowest.scope} hard)",
+                    scope=narrowest.scope,
+                    source=row.source,
+                    kind=row.kind,
+                    resource=row.name,
+                    member_id=member.id,
+                    target=_target(member, row, hard),
+                )
 
     def _resource_changes(
         self,
@@ -455,46 +473,22 @@ class EnforcementService:
 
     def _push_limits(self, plan: Plan) -> None:
         """Native limits for the resources left unrestricted, where a source pushes them."""
-        restricted = {_key(c) for c in plan.changes if c.type == RESTRICT and c.status == DONE}
-        pushing = {
-            s.name: s.enforcer
-            for s in self.settings.sources
-            if s.enforcer is not None and type(s.enforcer).push_limit is not Enforcer.push_limit
+        # Pushing a limit onto a restricted resource would undo its cap: skip
+        # every resource this run restricted (or tried to) and every lift that
+        # did not finish.
+        held = {
+            _key(c)
+            for c in plan.changes
+            if c.type == RESTRICT or (c.type == LIFT and c.status != DONE)
         }
-        if not pushing:
-            return
-        with self.sessions(write=False) as session:
-            members = {m.id: m for m in MemberService(session, self.actor).list()}
-            quotas = QuotaService(session, self.settings, self.actor)
-            rows = [r for r in LedgerService(session).current() if r.source in pushing]
-            open_keys = {
-                (r.source, r.kind, r.resource) for r in EnforcementRepository(session).restricted()
-            }
-            limits = {member_id: quotas.limits(member) for member_id, member in members.items()}
-        for row in rows:
-            member = members.get(row.member_id) if row.member_id is not None else None
-            key = (row.source, row.kind, row.name)
-            if member is None or key in restricted or key in open_keys:
+        for change in plan.native:
+            if _key(change) in held or change.target is None:
                 continue
-            scope = limits[member.id].get(row.kind) or limits[member.id].get("total")
-            if scope is None:
-                continue
-            target = _target(member, row, scope[0].hard_bytes)
-            change = Change(
-                PUSH_LIMIT,
-                member.name,
-                f"native limit {human_size(scope[0].hard_bytes)} ({scope[0].scope} hard)",
-                scope=scope[0].scope,
-                source=row.source,
-                kind=row.kind,
-                resource=row.name,
-                member_id=member.id,
-            )
             try:
-                message = pushing[row.source].push_limit(target)
+                message = self._enforcer(change).push_limit(change.target)
             except Exception as exc:  # one resource's failure must not stop the run
                 if not isinstance(exc, EnforcerError):
-                    log.exception("pushing a limit to %s %s failed", row.source, row.name)
+                    log.exception("pushing a limit to %s %s failed", change.source, change.resource)
                 change.status, change.message = FAILED, _one_line(exc)
             else:
                 if message is None:
@@ -548,6 +542,11 @@ def _target(member: Member, row: CurrentRow, hard_bytes: int | None) -> Target:
         email=member.email,
         hard_bytes=hard_bytes,
     )
+
+
+def _pushes(enforcer: Enforcer) -> bool:
+    """Whether ENFORCER's class pushes native limits (overrides push_limit)."""
+    return type(enforcer).push_limit is not Enforcer.push_limit
 
 
 def _key(change: Change) -> tuple[str, str, str]:
