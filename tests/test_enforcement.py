@@ -10,8 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import uuid
-from collections.abc import Mapping
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -26,7 +25,7 @@ from quotad.enforcers.notify import Notifier
 from quotad.ledger.service import LedgerService, ScanInput
 from quotad.quotas.models import QuotaStateRow
 from quotad.quotas.service import QuotaService
-from scanners.base import Measurement
+from scanners.base import Measurement, ResourceFailure
 from tests.conftest import Ledger
 
 T0 = dt.datetime(2026, 11, 2, 3, 0, tzinfo=dt.UTC)
@@ -102,15 +101,28 @@ class World:
         self.settings: Settings = dataclasses.replace(base, sources=(source,))
         self.now = T0
 
-    def scan(self, sizes: Mapping[str, int], *, failed: bool = False) -> None:
-        """A complete scan of `homes` at the current time: resource name = member."""
+    def scan(
+        self, sizes: Mapping[str, int], *, failed: bool = False, unreadable: Sequence[str] = ()
+    ) -> None:
+        """A scan of `homes` now; a resource `alice` or `alice-...` is alice's.
+
+        UNREADABLE resources fail alone (the scan is partial); FAILED fails
+        the whole scan.
+        """
         item = ScanInput(
             uuid.uuid4(),
             "homes",
             "tree",
             self.now - dt.timedelta(seconds=10),
             self.now,
-            [Measurement(name, "tree", name, size, 1) for name, size in sizes.items()],
+            [
+                Measurement(name.split("-")[0], "tree", name, size, 1)
+                for name, size in sizes.items()
+            ],
+            [
+                ResourceFailure(name.split("-")[0], "tree", name, "unreadable")
+                for name in unreadable
+            ],
             error="server down" if failed else None,
         )
         with session_scope(self.ledger.engine, write=True) as session:
@@ -292,7 +304,7 @@ def test_the_report_shows_the_stored_state_and_grace_end(world: World, ledger: L
     assert report[0]["quotas"][0]["state"] == "grace_expired"
 
 
-def test_json_plan_shape(world: World, tmp_path: Path) -> None:
+def test_json_plan_shape(world: World) -> None:
     world.scan({"alice": 200 * MiB})
     plan = world.run()
     document = plan.json()
@@ -310,7 +322,6 @@ def test_json_plan_shape(world: World, tmp_path: Path) -> None:
         "status": "done",
         "message": f"capped alice at {200 * MiB}",
     }
-    del tmp_path
 
 
 class FakePusher(FakeDaemon):
