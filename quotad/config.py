@@ -7,6 +7,7 @@ or a price.
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import os
 import re
@@ -26,6 +27,7 @@ from quotad import sources as source_registry
 from quotad.enforcers import ENFORCERS
 from quotad.enforcers.base import Enforcer
 from quotad.errors import ConfigError
+from quotad.timeutil import parse_time
 from scanners.base import OptionError, Scanner
 from scanners.options import Options, resolve_path
 
@@ -37,6 +39,8 @@ DEFAULT_DATABASE_URL = "sqlite:///var/quotad.db"
 SOURCE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 HEADER_RE = re.compile(r"^[A-Za-z0-9-]+$")
 CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
+# A bound that no storage price reaches, so that a typo ("1e9") is caught.
+MAX_PRICE = Decimal(1_000_000)
 BUILTIN = "<built-in defaults>"
 
 
@@ -90,10 +94,36 @@ class SmtpSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class RatePlan:
+    """The free allowance and prices in force from `starts_at` until the next plan.
+
+    `prices` holds the kinds with a price of their own; every other kind
+    costs `price_per_gib_month`.
+    """
+
+    starts_at: dt.datetime | None  # None: since the beginning
+    free_bytes: int
+    price_per_gib_month: Decimal
+    prices: Mapping[str, Decimal] = field(default_factory=dict)
+
+    def price_of(self, kind: str) -> Decimal:
+        return self.prices.get(kind, self.price_per_gib_month)
+
+
+@dataclass(frozen=True, slots=True)
 class BillingSettings:
     currency: str = "USD"
     free_bytes: int = 0
     price_per_gib_month: Decimal = Decimal(0)
+    prices: Mapping[str, Decimal] = field(default_factory=dict)
+    # Later plans ([[billing.plans]]), oldest first, each with its start.
+    changes: tuple[RatePlan, ...] = ()
+
+    @property
+    def plans(self) -> tuple[RatePlan, ...]:
+        """Every plan, the base one (from the beginning) first."""
+        base = RatePlan(None, self.free_bytes, self.price_per_gib_month, self.prices)
+        return (base, *self.changes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -436,14 +466,92 @@ def _billing(opts: Options) -> BillingSettings:
     currency = opts.string("currency", "USD")
     if not CURRENCY_RE.fullmatch(currency):
         raise OptionError("billing.currency", f"not an ISO 4217 code: {currency!r}")
-    price = opts.decimal("price_per_gib_month", "0")
-    if price < 0:
-        raise OptionError("billing.price_per_gib_month", "must not be negative")
-    result = BillingSettings(
-        currency=currency, free_bytes=opts.size("free", "0"), price_per_gib_month=price
+    base = RatePlan(
+        None,
+        opts.size("free", "0"),
+        _price(opts, "price_per_gib_month", "0", currency),
+        _kind_prices(opts, currency, {}),
     )
+    changes: list[RatePlan] = []
+    plans = opts.raw("plans", [])
+    if not isinstance(plans, list):
+        raise OptionError("billing.plans", "must be an array of tables ([[billing.plans]])")
+    for index, table in enumerate(plans):
+        if not isinstance(table, dict):
+            raise OptionError(f"billing.plans[{index}]", "must be a table")
+        plan_opts = Options(table, f"billing.plans[{index}].")
+        starts_at = _plan_start(plan_opts)
+        before = changes[-1] if changes else base
+        if before.starts_at is not None and starts_at <= before.starts_at:
+            raise OptionError(
+                f"billing.plans[{index}].from", "must be later than the plan before it"
+            )
+        # A key left out keeps its value from the plan before: a plan that
+        # only changes the price says only that.
+        changes.append(
+            RatePlan(
+                starts_at,
+                plan_opts.size("free", before.free_bytes),
+                _price(plan_opts, "price_per_gib_month", str(before.price_per_gib_month), currency),
+                _kind_prices(plan_opts, currency, before.prices),
+            )
+        )
+        plan_opts.finish()
     opts.finish()
-    return result
+    return BillingSettings(
+        currency=currency,
+        free_bytes=base.free_bytes,
+        price_per_gib_month=base.price_per_gib_month,
+        prices=base.prices,
+        changes=tuple(changes),
+    )
+
+
+def _price(opts: Options, key: str, default: str, currency: str) -> Decimal:
+    price = opts.decimal(key, default)
+    if price < 0:
+        raise OptionError(f"{opts.prefix}{key}", "must not be negative")
+    if price > MAX_PRICE:
+        raise OptionError(f"{opts.prefix}{key}", f"must be at most {MAX_PRICE} {currency}")
+    return price
+
+
+def _kind_prices(
+    opts: Options, currency: str, inherited: Mapping[str, Decimal]
+) -> Mapping[str, Decimal]:
+    if not opts.has("prices"):
+        return inherited
+    table = Options(opts.table("prices"), f"{opts.prefix}prices.")
+    prices: dict[str, Decimal] = {}
+    for kind in table.keys():  # noqa: SIM118 - Options is not a dict
+        if kind not in source_registry.RESOURCE_KINDS:
+            raise OptionError(
+                f"{opts.prefix}prices.{kind}",
+                f"unknown resource kind (use one of {', '.join(sorted(source_registry.RESOURCE_KINDS))})",
+            )
+        prices[kind] = _price(table, kind, "0", currency)
+    table.finish()
+    return prices
+
+
+def _plan_start(opts: Options) -> dt.datetime:
+    key = f"{opts.prefix}from"
+    value = opts.raw("from")
+    if value is None:
+        raise OptionError(key, 'is required (a date such as 2027-01-01, or "2027-01-01T00:00:00Z")')
+    # TOML has dates and times of its own; a string is read as RFC 3339.
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            raise OptionError(key, "needs a time zone (end it with Z for UTC)")
+        return value.astimezone(dt.UTC)
+    if isinstance(value, dt.date):
+        return dt.datetime.combine(value, dt.time(), dt.UTC)
+    if isinstance(value, str):
+        try:
+            return parse_time(value)
+        except ValueError as exc:
+            raise OptionError(key, str(exc)) from None
+    raise OptionError(key, f"must be a date or a time, got {type(value).__name__}")
 
 
 def _sources(tables: object, base_dir: Path) -> tuple[SourceSettings, ...]:

@@ -2,6 +2,7 @@
 
 from quotad.audit.models import AuditEntry
 from quotad.auth.models import ApiToken
+from quotad.billing.models import Adjustment, BillingPeriod, Statement
 from quotad.db import Base
 from quotad.enforcement.models import EnforcementAction, Notification
 from quotad.ledger.models import (
@@ -18,6 +19,9 @@ from quotad.quotas.models import QuotaOverride, QuotaStateRow
 metadata = Base.metadata
 
 __all__ = [
+    "Adjustment",
+    "BillingPeriod",
+    "Statement",
     "ApiToken",
     "AuditEntry",
     "CurrentUsage",

@@ -112,6 +112,11 @@ class Options:
         self._prefix = prefix
         self._seen: set[str] = set()
 
+    @property
+    def prefix(self) -> str:
+        """How a key of this table is named in errors ("billing.plans[0].")."""
+        return self._prefix
+
     def _key(self, key: str) -> str:
         return f"{self._prefix}{key}"
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from quotad.billing.guard import refuse_if_finalized
 from quotad.db import utcnow
 from quotad.errors import Conflict, InvalidInput
 from quotad.ledger.models import Scan
@@ -142,6 +143,7 @@ class LedgerService:
                 failures=existing.failures,
                 zeroed=self.repo.zeroed_by(scan.scan_id),
             )
+        refuse_if_finalized(self.session, scan.finished_at, f"scan {scan.scan_id}")
         now = utcnow()
         source = self.repo.get_source(scan.source)
         if source is None:

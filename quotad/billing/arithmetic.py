@@ -1,0 +1,339 @@
+"""The billing arithmetic of INTERFACE.md section 5, with no database.
+
+Exact throughout: time in whole microseconds, usage in byte-microseconds
+(Python integers), averages rounded half-even to whole bytes once, money in
+`Decimal` computed exactly and rounded half-even to the currency's minor unit
+once, at the end. Every figure a statement shows is an input of the figures
+after it, so anyone can check a statement with a pencil:
+`billable_gib_months = (average_bytes - free_bytes) / 2**30` and
+`amount = billable_gib_months * price`, rounded.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_EVEN, Context, Decimal
+from fractions import Fraction
+
+from quotad.config import RatePlan
+from quotad.errors import InvalidInput
+
+GIB = 2**30
+MICROSECOND = dt.timedelta(microseconds=1)
+PERIOD_RE = re.compile(r"^(\d{4})-(\d{2})$")
+
+# Enough digits that no product or quotient here is ever rounded: a price has
+# a few digits, a byte count at most 20, and dividing by 2**30 adds at most 30.
+EXACT = Context(prec=120)
+
+# ISO 4217 currencies whose minor unit is not the hundredth.
+_MINOR_UNITS = {
+    **dict.fromkeys(
+        [
+            "BIF",
+            "CLP",
+            "DJF",
+            "GNF",
+            "ISK",
+            "JPY",
+            "KMF",
+            "KRW",
+            "PYG",
+            "RWF",
+            "UGX",
+            "UYI",
+            "VND",
+            "VUV",
+            "XAF",
+            "XOF",
+            "XPF",
+        ],
+        0,
+    ),
+    **dict.fromkeys(["BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"], 3),
+    **dict.fromkeys(["CLF", "UYW"], 4),
+}
+
+
+def minor_unit(currency: str) -> Decimal:
+    """The smallest amount of CURRENCY: Decimal("0.01") for most."""
+    return Decimal(1).scaleb(-_MINOR_UNITS.get(currency, 2))
+
+
+def round_money(amount: Decimal, currency: str) -> Decimal:
+    return amount.quantize(minor_unit(currency), rounding=ROUND_HALF_EVEN, context=EXACT)
+
+
+def micros(delta: dt.timedelta) -> int:
+    return delta // MICROSECOND
+
+
+def round_fraction(value: Fraction) -> int:
+    """Half-even to a whole number (Fraction's own rounding is half-even)."""
+    return round(value)
+
+
+def gib_months(billable_bytes: int) -> Decimal:
+    """BILLABLE_BYTES / 2**30, exact: a power of two always divides to a finite decimal."""
+    return EXACT.divide(Decimal(billable_bytes), Decimal(GIB))
+
+
+def decimal_text(value: Decimal) -> str:
+    """A Decimal as a plain string without exponent or trailing zeros ("52900", "0.5")."""
+    if value == 0:
+        return "0"
+    text = format(value, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Period:
+    """A calendar month in UTC, `YYYY-MM`: [start, end)."""
+
+    year: int
+    month: int
+
+    @classmethod
+    def parse(cls, text: str) -> Period:
+        match = PERIOD_RE.fullmatch(text.strip()) if isinstance(text, str) else None
+        if match is None:
+            raise InvalidInput(f"a billing period is a month written YYYY-MM, not {text!r}")
+        year, month = int(match[1]), int(match[2])
+        if not 1 <= month <= 12:  # noqa: PLR2004 - months of the year
+            raise InvalidInput(f"no month {month} in {text!r}")
+        if not 1970 <= year <= 9998:  # noqa: PLR2004 - the ledger's calendar
+            raise InvalidInput(f"period {text!r} is out of range (1970-01 to 9998-12)")
+        return cls(year, month)
+
+    @classmethod
+    def containing(cls, at: dt.datetime) -> Period:
+        at = at.astimezone(dt.UTC)
+        return cls(at.year, at.month)
+
+    def __str__(self) -> str:
+        return f"{self.year:04d}-{self.month:02d}"
+
+    @property
+    def start(self) -> dt.datetime:
+        return dt.datetime(self.year, self.month, 1, tzinfo=dt.UTC)
+
+    @property
+    def end(self) -> dt.datetime:
+        return self.next().start
+
+    def next(self) -> Period:
+        return Period(self.year + self.month // 12, self.month % 12 + 1)
+
+    def previous(self) -> Period:
+        return Period(self.year - (self.month == 1), (self.month - 2) % 12 + 1)
+
+    @property
+    def length(self) -> int:
+        """The period's length in microseconds."""
+        return micros(self.end - self.start)
+
+
+@dataclass(frozen=True, slots=True)
+class Interval:
+    """A span of one resource's step function: BYTES from START until END."""
+
+    resource_id: int
+    member_id: int | None
+    kind: str
+    start: dt.datetime
+    end: dt.datetime
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One ledger sample as the arithmetic needs it."""
+
+    resource_id: int
+    member_id: int | None
+    kind: str
+    at: dt.datetime
+    bytes: int
+
+
+def step_intervals(samples: Iterable[Sample], end: dt.datetime) -> list[Interval]:
+    """Each sample's span: from its time until the next sample of its resource, or END.
+
+    SAMPLES must be ordered by resource, then time, then the order they were
+    recorded in (so that of two samples at one instant the later counts).
+    """
+    result: list[Interval] = []
+    previous: Sample | None = None
+    for sample in samples:
+        if previous is not None:
+            until = sample.at if sample.resource_id == previous.resource_id else end
+            result.append(_interval(previous, until))
+        previous = sample
+    if previous is not None:
+        result.append(_interval(previous, end))
+    return result
+
+
+def _interval(sample: Sample, until: dt.datetime) -> Interval:
+    return Interval(
+        sample.resource_id, sample.member_id, sample.kind, sample.at, until, sample.bytes
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """A part of a period under one rate plan, within one member's membership.
+
+    `plan_index` is the plan's place in the settings' list: usage is keyed
+    by it, so that one query can integrate every member against the same cuts.
+    """
+
+    start: dt.datetime
+    end: dt.datetime
+    plan: RatePlan
+    plan_index: int
+
+
+def segments(
+    period: Period, plans: Sequence[RatePlan], start: dt.datetime, end: dt.datetime
+) -> list[Segment]:
+    """[START, END) within PERIOD, cut where a rate plan begins; empty if nothing is left."""
+    start = max(start, period.start)
+    end = min(end, period.end)
+    result: list[Segment] = []
+    for index, plan in enumerate(plans):
+        plan_start = plan.starts_at or start
+        plan_end = plans[index + 1].starts_at if index + 1 < len(plans) else None
+        lo = max(start, plan_start)
+        hi = end if plan_end is None else min(end, plan_end)
+        if lo < hi:
+            result.append(Segment(lo, hi, plan, index))
+    return result
+
+
+def integrate(
+    intervals: Iterable[Interval], cuts: Mapping[int, Sequence[Segment]]
+) -> dict[int, dict[tuple[int, str], int]]:
+    """Byte-microseconds per member, per (plan index, kind), in one pass.
+
+    CUTS maps each member to bill to their segments. An interval counts for a
+    member only while attributed to them; a kind appears once any attributed
+    interval overlaps a segment, even at 0 bytes.
+    """
+    totals: dict[int, dict[tuple[int, str], int]] = {m: {} for m in cuts}
+    for iv in intervals:
+        if iv.member_id is None or iv.member_id not in cuts:
+            continue
+        usage = totals[iv.member_id]
+        for seg in cuts[iv.member_id]:
+            lo = max(iv.start, seg.start)
+            hi = min(iv.end, seg.end)
+            if lo < hi:
+                key = (seg.plan_index, iv.kind)
+                usage[key] = usage.get(key, 0) + iv.bytes * micros(hi - lo)
+    return totals
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """One priced part of a statement: a segment, for all kinds or for one."""
+
+    start: dt.datetime
+    end: dt.datetime
+    kind: str | None  # None: every kind at the plan's one price
+    average_bytes: int
+    free_bytes: int
+    price_per_gib_month: Decimal
+
+    @property
+    def billable_bytes(self) -> int:
+        return max(0, self.average_bytes - self.free_bytes)
+
+    @property
+    def billable_gib_months(self) -> Decimal:
+        return gib_months(self.billable_bytes)
+
+    @property
+    def amount(self) -> Decimal:
+        """Exact, unrounded: the statement rounds the sum once."""
+        return EXACT.multiply(self.billable_gib_months, self.price_per_gib_month)
+
+
+@dataclass(frozen=True, slots=True)
+class Figures:
+    """A member's usage charge for one period, before adjustments."""
+
+    average_bytes: int
+    free_bytes: int
+    billable_gib_months: Decimal
+    usage_amount: Decimal  # rounded to the minor unit
+    lines: Mapping[str, int]  # kind -> average bytes
+    charges: Sequence[Charge] = field(default_factory=tuple)
+
+
+def charge(
+    period: Period,
+    cuts: Sequence[Segment],
+    usage: Mapping[tuple[int, str], int],
+    currency: str,
+) -> Figures:
+    """Price a member's byte-microseconds per (segment, kind) over PERIOD.
+
+    Each segment gets the free allowance prorated by its length against the
+    period's. With one price for every kind the allowance comes off the
+    segment's total; with prices per kind it covers the dearest kinds first
+    (ties by kind name), which is the member's best reading of "free".
+    """
+    length = period.length
+    charges: list[Charge] = []
+    for seg in cuts:
+        plan = seg.plan
+        index = seg.plan_index
+        kinds = sorted(kind for i, kind in usage if i == index)
+        free = round_fraction(Fraction(plan.free_bytes * micros(seg.end - seg.start), length))
+        if not plan.prices:
+            total = sum(usage[(index, k)] for k in kinds)
+            average = round_fraction(Fraction(total, length))
+            charges.append(
+                Charge(seg.start, seg.end, None, average, free, plan.price_per_gib_month)
+            )
+            continue
+        left = free
+        for kind in sorted(kinds, key=lambda k: (-plan.price_of(k), k)):
+            average = round_fraction(Fraction(usage[(index, kind)], length))
+            covered = min(average, left)
+            left -= covered
+            charges.append(Charge(seg.start, seg.end, kind, average, covered, plan.price_of(kind)))
+        if not kinds:
+            charges.append(Charge(seg.start, seg.end, None, 0, free, plan.price_per_gib_month))
+        elif left:
+            # Allowance no kind used up shows on the cheapest line, so that the
+            # statement's free_bytes is always the whole prorated allowance.
+            last = charges.pop()
+            charges.append(
+                Charge(
+                    last.start,
+                    last.end,
+                    last.kind,
+                    last.average_bytes,
+                    last.free_bytes + left,
+                    last.price_per_gib_month,
+                )
+            )
+    kinds_total: dict[str, int] = {}
+    for (_, kind), value in usage.items():
+        kinds_total[kind] = kinds_total.get(kind, 0) + value
+    exact = sum((c.amount for c in charges), Decimal(0))
+    return Figures(
+        average_bytes=round_fraction(Fraction(sum(usage.values()), length)),
+        free_bytes=sum(c.free_bytes for c in charges),
+        billable_gib_months=sum((c.billable_gib_months for c in charges), Decimal(0)),
+        usage_amount=round_money(exact, currency),
+        lines={k: round_fraction(Fraction(v, length)) for k, v in sorted(kinds_total.items())},
+        charges=tuple(charges),
+    )
