@@ -67,6 +67,14 @@ def round_money(amount: Decimal, currency: str) -> Decimal:
     return amount.quantize(minor_unit(currency), rounding=ROUND_HALF_EVEN, context=EXACT)
 
 
+def exact_sum(values: Iterable[Decimal]) -> Decimal:
+    """A sum that is never rounded (the default context keeps only 28 digits)."""
+    total = Decimal(0)
+    for value in values:
+        total = EXACT.add(total, value)
+    return total
+
+
 def micros(delta: dt.timedelta) -> int:
     return delta // MICROSECOND
 
@@ -328,11 +336,11 @@ def charge(
     kinds_total: dict[str, int] = {}
     for (_, kind), value in usage.items():
         kinds_total[kind] = kinds_total.get(kind, 0) + value
-    exact = sum((c.amount for c in charges), Decimal(0))
+    exact = exact_sum(c.amount for c in charges)
     return Figures(
         average_bytes=round_fraction(Fraction(sum(usage.values()), length)),
         free_bytes=sum(c.free_bytes for c in charges),
-        billable_gib_months=sum((c.billable_gib_months for c in charges), Decimal(0)),
+        billable_gib_months=exact_sum(c.billable_gib_months for c in charges),
         usage_amount=round_money(exact, currency),
         lines={k: round_fraction(Fraction(v, length)) for k, v in sorted(kinds_total.items())},
         charges=tuple(charges),

@@ -19,6 +19,7 @@ from quotad.billing.arithmetic import (
     Segment,
     charge,
     decimal_text,
+    exact_sum,
     integrate,
     minor_unit,
     round_money,
@@ -242,7 +243,7 @@ class BillingService:
         finalized_at: dt.datetime | None,
     ) -> dict[str, Any]:
         currency = self.settings.currency
-        adjusted = sum((Decimal(a["amount"]) for a in adjustments), Decimal(0))
+        adjusted = exact_sum(Decimal(a["amount"]) for a in adjustments)
         return {
             "member": name,
             "period": str(period),
@@ -256,7 +257,7 @@ class BillingService:
             "billable_gib_months": decimal_text(figures.billable_gib_months),
             "usage_amount": _money(figures.usage_amount),
             "adjustments": list(adjustments),
-            "amount": _money(round_money(figures.usage_amount + adjusted, currency)),
+            "amount": _money(round_money(exact_sum([figures.usage_amount, adjusted]), currency)),
             "currency": currency,
             "lines": [{"kind": k, "average_bytes": v} for k, v in figures.lines.items()],
             "charges": [
@@ -317,7 +318,7 @@ class BillingService:
             ),
             rows,
         )
-        total = sum((Decimal(d.body["amount"]) for d in docs), Decimal(0))
+        total = exact_sum(Decimal(d.body["amount"]) for d in docs)
         self.audit.record(
             "billing.finalize",
             str(period),
