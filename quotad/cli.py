@@ -23,6 +23,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from quotad import migrate
 from quotad.auth.service import TokenInfo, TokenService
+from quotad.billing.arithmetic import Period
+from quotad.billing.export import statements_csv
+from quotad.billing.service import BillingService
 from quotad.config import Settings, load_settings
 from quotad.db import make_engine, session_scope, utcnow
 from quotad.demo import write_demo
@@ -650,6 +653,100 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# billing
+
+
+def cmd_bill(args: argparse.Namespace) -> int:
+    settings, engine = _engine(args)
+    period = Period.parse(args.period)
+    if args.finalize:
+        with session_scope(engine, write=True) as session:
+            result = BillingService(session, settings.billing, actor()).finalize(period)
+        done = "finalized" if result.created else "had been finalized"
+        # stderr: stdout holds only the statements, in the format asked for.
+        print(
+            f"{period} {done} at {format_time(result.finalized_at)} by {result.finalized_by}: "
+            f"{result.statements} statements",
+            file=sys.stderr,
+        )
+    with session_scope(engine) as session:
+        bodies = [
+            dict(doc.body)
+            for doc in BillingService(session, settings.billing, actor()).statements(period)
+        ]
+    if args.format == "json":
+        _print_json(bodies)
+    elif args.format == "csv":
+        sys.stdout.write(statements_csv(bodies))
+    elif not bodies:
+        print(f"no statements for {period}")
+    else:
+        print(
+            table(
+                ["member", "status", "average", "free", "billable_gib_months", "amount"],
+                [
+                    [
+                        b["member"],
+                        b["status"],
+                        human_size(b["average_bytes"]),
+                        human_size(b["free_bytes"]),
+                        b["billable_gib_months"],
+                        f"{b['amount']} {b['currency']}",
+                    ]
+                    for b in bodies
+                ],
+                right=(2, 3, 4, 5),
+            )
+        )
+    return EXIT_OK
+
+
+def cmd_adjustment_add(args: argparse.Namespace) -> int:
+    settings, engine = _engine(args)
+    corrects = Period.parse(args.corrects) if args.corrects is not None else None
+    with session_scope(engine, write=True) as session:
+        row = BillingService(session, settings.billing, actor()).adjust(
+            args.member, args.amount, args.reason, corrects
+        )
+    print(
+        f"adjustment {row['id']}: {row['amount']} {row['currency']} for {row['member']}, "
+        f"correcting {row['corrects']}, on the {row['period']} statement"
+    )
+    return EXIT_OK
+
+
+def cmd_adjustment_list(args: argparse.Namespace) -> int:
+    settings, engine = _engine(args)
+    period = Period.parse(args.period) if args.period is not None else None
+    with session_scope(engine) as session:
+        rows = BillingService(session, settings.billing, actor()).adjustments(period, args.member)
+    if args.json:
+        _print_json(rows)
+        return EXIT_OK
+    print(
+        table(
+            ["id", "member", "amount", "corrects", "period", "created_at", "actor", "reason"],
+            [
+                [
+                    str(r["id"]),
+                    r["member"],
+                    f"{r['amount']} {r['currency']}",
+                    r["corrects"],
+                    r["period"],
+                    r["created_at"],
+                    r["actor"],
+                    r["reason"],
+                ]
+                for r in rows
+            ],
+            right=(0, 2),
+        )
+        if rows
+        else "no adjustments"
+    )
+    return EXIT_OK
+
+
 # demo
 
 
@@ -698,6 +795,38 @@ def _add_token_commands(commands: Any, add: Callable[..., argparse.ArgumentParse
     tlist.add_argument("--json", action="store_true")
     trevoke = add(token, "revoke", cmd_token_revoke, "refuse a token from now on")
     trevoke.add_argument("id", type=int, metavar="ID")
+
+
+def _add_billing_commands(commands: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
+    bill = add(commands, "bill", cmd_bill, "every member's statement for a month")
+    bill.add_argument("period", metavar="PERIOD", help="the month, YYYY-MM")
+    bill.add_argument(
+        "--finalize", action="store_true", help="freeze the month's statements first (once)"
+    )
+    bill.add_argument("--format", choices=("table", "csv", "json"), default="table")
+
+    adjustment = commands.add_parser(
+        "adjustment", help="credits and debits on members' statements"
+    ).add_subparsers(dest="adjustment_command", required=True, metavar="ACTION")
+    aadd = add(
+        adjustment,
+        "add",
+        cmd_adjustment_add,
+        "add a credit (negative) or debit; it shows on the first open month from the one "
+        "it corrects",
+    )
+    aadd.add_argument("member", metavar="MEMBER")
+    # A negative amount ("-4.50") is read as an argument, not an option: no
+    # option of this command looks like a number.
+    aadd.add_argument("amount", metavar="AMOUNT", help='a decimal amount, e.g. "-4.50"')
+    aadd.add_argument("--reason", required=True)
+    aadd.add_argument(
+        "--corrects", metavar="YYYY-MM", help="the month it corrects (default: this one)"
+    )
+    alist = add(adjustment, "list", cmd_adjustment_list, "adjustments, oldest first")
+    alist.add_argument("--member", metavar="M")
+    alist.add_argument("--period", metavar="P", help="only those on this month's statement")
+    alist.add_argument("--json", action="store_true")
 
 
 def build_parser(extensions: Sequence[Extension] = ()) -> argparse.ArgumentParser:
@@ -793,6 +922,7 @@ def build_parser(extensions: Sequence[Extension] = ()) -> argparse.ArgumentParse
     qreset.add_argument("--reason", default="reset to the default plan")
 
     _add_token_commands(commands, add)
+    _add_billing_commands(commands, add)
 
     demo = add(commands, "demo", cmd_demo, "write a demo config and sample data")
     demo.add_argument("dir", nargs="?", default="var/demo", metavar="DIR")

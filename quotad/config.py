@@ -523,11 +523,11 @@ def _kind_prices(
         return inherited
     table = Options(opts.table("prices"), f"{opts.prefix}prices.")
     prices: dict[str, Decimal] = {}
+    known = ", ".join(sorted(source_registry.RESOURCE_KINDS))
     for kind in table.keys():  # noqa: SIM118 - Options is not a dict
         if kind not in source_registry.RESOURCE_KINDS:
             raise OptionError(
-                f"{opts.prefix}prices.{kind}",
-                f"unknown resource kind (use one of {', '.join(sorted(source_registry.RESOURCE_KINDS))})",
+                f"{opts.prefix}prices.{kind}", f"unknown resource kind (use one of {known})"
             )
         prices[kind] = _price(table, kind, "0", currency)
     table.finish()

@@ -20,10 +20,9 @@ metadata = Base.metadata
 
 __all__ = [
     "Adjustment",
-    "BillingPeriod",
-    "Statement",
     "ApiToken",
     "AuditEntry",
+    "BillingPeriod",
     "CurrentUsage",
     "EnforcementAction",
     "MeasurementFailure",
@@ -34,6 +33,7 @@ __all__ = [
     "Resource",
     "Scan",
     "Source",
+    "Statement",
     "UsageSample",
     "metadata",
 ]

@@ -108,6 +108,7 @@ def test_every_body_can_be_too_large_and_says_so(api: Api, small_body: TestClien
         "PUT /members/{name}",
         "PUT /members/{name}/quotas/{scope}",
         "POST /scans",
+        "POST /billing/adjustments",
     }
     for method, path, operation in operations:
         assert "413" in operation["responses"], path
@@ -167,6 +168,11 @@ def test_openapi_documents_the_endpoints(api: Api) -> None:
         "/report",
         "/audit",
         "/scans",
+        "/me/charges",
+        "/billing/statements",
+        "/billing/statements/{member}/{period}",
+        "/billing/periods/{period}/finalize",
+        "/billing/adjustments",
     }
     usage = schema["components"]["schemas"]["Usage"]
     assert set(usage["properties"]) == {"member", "total", "resources", "quotas"}

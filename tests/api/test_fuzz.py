@@ -33,6 +33,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from api.app import create_app
+from quotad.billing.arithmetic import Period
 from quotad.config import parse_settings
 from tests.api.conftest import NOW, PLAN, Api, bearer, z
 from tests.conftest import Ledger
@@ -62,6 +63,12 @@ CALLERS: dict[str, tuple[str, ...]] = {
     "GET /report": ("admin",),
     "GET /audit": ("admin",),
     "POST /scans": ("scanner",),
+    "GET /me/charges": ("member",),
+    "GET /billing/statements": ("admin", "portal"),
+    "GET /billing/statements/{member}/{period}": ("admin", "portal"),
+    "POST /billing/periods/{period}/finalize": ("admin",),
+    "POST /billing/adjustments": ("admin",),
+    "GET /billing/adjustments": ("admin", "portal"),
 }
 
 RUNS = [(op, role) for op, roles in CALLERS.items() for role in (*roles, OUTSIDERS)]
@@ -146,6 +153,11 @@ def _cases(operation: Any) -> st.SearchStrategy[Any]:
         known["name"] = MEMBER
     if "scope" in names:
         known["scope"] = "total"
+    if "member" in names:
+        known["member"] = MEMBER
+    if "period" in names:
+        # The month before: one with statements, which may be finalized.
+        known["period"] = str(Period.containing(NOW).previous())
     strategies = [
         operation.as_strategy(schemathesis.GenerationMode.POSITIVE),
         operation.as_strategy(schemathesis.GenerationMode.NEGATIVE),
