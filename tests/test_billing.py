@@ -594,3 +594,20 @@ def test_bad_rate_plans_are_config_errors(text: str, key: str, problem: str) -> 
         billing_config(f"[billing]\n{text}")
     assert caught.value.key == key
     assert problem in caught.value.problem
+
+
+def test_allowance_a_part_of_the_period_leaves_unused_covers_the_other_part(
+    ledger: Ledger,
+) -> None:
+    # April; the plan "changes" on the 16th to the same plan. bob stores nothing
+    # before and 20 GiB after: 10 GiB on average, all of it under the 10 GiB free.
+    same = dataclasses.replace(
+        PLAN, changes=(RatePlan(at("2026-04-16T00:00:00"), 10 * GIB, Decimal("0.10")),)
+    )
+    member(ledger, "bob")
+    scan(ledger, "2026-04-16T00:00:00", {"bob": ("bob", 20 * GIB)})
+    body = statement(ledger, "bob", "2026-04", same)
+    assert (body["average_bytes"], body["free_bytes"]) == (10 * GIB, 10 * GIB)
+    assert (body["billable_gib_months"], body["amount"]) == ("0", "0.00")
+    # The first half's unused 5 GiB shows as covering the second half's usage.
+    assert [c["free_bytes"] for c in body["charges"]] == [0, 10 * GIB]

@@ -284,6 +284,21 @@ class Figures:
     charges: Sequence[Charge] = field(default_factory=tuple)
 
 
+@dataclass(slots=True)
+class _Line:
+    """A charge being built: how much of its average the allowance covers so far."""
+
+    start: dt.datetime
+    end: dt.datetime
+    kind: str | None
+    average: int
+    price: Decimal
+    covered: int = 0
+
+    def frozen(self) -> Charge:
+        return Charge(self.start, self.end, self.kind, self.average, self.covered, self.price)
+
+
 def charge(
     period: Period,
     cuts: Sequence[Segment],
@@ -292,56 +307,61 @@ def charge(
 ) -> Figures:
     """Price a member's byte-microseconds per (segment, kind) over PERIOD.
 
-    Each segment gets the free allowance prorated by its length against the
-    period's. With one price for every kind the allowance comes off the
-    segment's total; with prices per kind it covers the dearest kinds first
-    (ties by kind name), which is the member's best reading of "free".
+    Each segment (a part of the period under one plan) is priced on its own:
+    its usage averaged over the period's length, at its plan's price, and its
+    plan's free allowance prorated by the segment's length. With prices per
+    kind each kind is a line of its own. An allowance covers the dearest
+    lines first (ties by kind name); what a segment leaves unused covers the
+    other segments' lines, dearest first, so splitting a period where nothing
+    changes never changes the bill. The statement's figures are the sums:
+    `billable = max(0, average_bytes - free_bytes)` holds for them exactly.
     """
     length = period.length
-    charges: list[Charge] = []
+    lines: list[_Line] = []
+    free_total = 0
+    left_over = 0
     for seg in cuts:
         plan = seg.plan
         index = seg.plan_index
         kinds = sorted(kind for i, kind in usage if i == index)
         free = round_fraction(Fraction(plan.free_bytes * micros(seg.end - seg.start), length))
-        if not plan.prices:
+        free_total += free
+        if not plan.prices or not kinds:
             total = sum(usage[(index, k)] for k in kinds)
             average = round_fraction(Fraction(total, length))
-            charges.append(
-                Charge(seg.start, seg.end, None, average, free, plan.price_per_gib_month)
-            )
-            continue
-        left = free
-        for kind in sorted(kinds, key=lambda k: (-plan.price_of(k), k)):
-            average = round_fraction(Fraction(usage[(index, kind)], length))
-            covered = min(average, left)
-            left -= covered
-            charges.append(Charge(seg.start, seg.end, kind, average, covered, plan.price_of(kind)))
-        if not kinds:
-            charges.append(Charge(seg.start, seg.end, None, 0, free, plan.price_per_gib_month))
-        elif left:
-            # Allowance no kind used up shows on the cheapest line, so that the
-            # statement's free_bytes is always the whole prorated allowance.
-            last = charges.pop()
-            charges.append(
-                Charge(
-                    last.start,
-                    last.end,
-                    last.kind,
-                    last.average_bytes,
-                    last.free_bytes + left,
-                    last.price_per_gib_month,
+            part = [_Line(seg.start, seg.end, None, average, plan.price_per_gib_month)]
+        else:
+            part = [
+                _Line(
+                    seg.start,
+                    seg.end,
+                    kind,
+                    round_fraction(Fraction(usage[(index, kind)], length)),
+                    plan.price_of(kind),
                 )
-            )
+                for kind in sorted(kinds, key=lambda k: (-plan.price_of(k), k))
+            ]
+        left_over += _cover(part, free)
+        lines.extend(part)
+    _cover(sorted(lines, key=lambda line: (-line.price, line.start, line.kind or "")), left_over)
+    charges = tuple(line.frozen() for line in lines)
     kinds_total: dict[str, int] = {}
     for (_, kind), value in usage.items():
         kinds_total[kind] = kinds_total.get(kind, 0) + value
-    exact = exact_sum(c.amount for c in charges)
     return Figures(
-        average_bytes=round_fraction(Fraction(sum(usage.values()), length)),
-        free_bytes=sum(c.free_bytes for c in charges),
+        average_bytes=sum(c.average_bytes for c in charges),
+        free_bytes=free_total,
         billable_gib_months=exact_sum(c.billable_gib_months for c in charges),
-        usage_amount=round_money(exact, currency),
+        usage_amount=round_money(exact_sum(c.amount for c in charges), currency),
         lines={k: round_fraction(Fraction(v, length)) for k, v in sorted(kinds_total.items())},
-        charges=tuple(charges),
+        charges=charges,
     )
+
+
+def _cover(lines: Sequence[_Line], allowance: int) -> int:
+    """Spend ALLOWANCE on LINES' uncovered bytes, in their order; return what is left."""
+    for line in lines:
+        take = min(line.average - line.covered, allowance)
+        line.covered += take
+        allowance -= take
+    return allowance
