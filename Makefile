@@ -59,12 +59,14 @@ importlint: deps
 pytest: deps services mailman-env
 	$(BIN)/pytest
 
-# bench/api.py needs PostgreSQL on 127.0.0.1:5432 (a scratch database, dropped afterwards).
+# bench/api.py and bench/billing.py need PostgreSQL on 127.0.0.1:5432 (a scratch
+# database each, dropped afterwards).
 bench: deps services
 	$(BIN)/python bench/tree_scan.py
 	$(BIN)/python bench/maildir_scan.py
 	$(BIN)/python bench/afs_listing.py
 	$(BIN)/python bench/api.py
+	$(BIN)/python bench/billing.py
 
 deps: system-deps $(STAMP)
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 
 
+# Cached: a list of statements writes the same few instants thousands of times.
+@functools.lru_cache(maxsize=4096)
 def format_time(value: dt.datetime | None) -> str | None:
     if value is None:
         return None

@@ -16,7 +16,6 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Context, Decimal
-from fractions import Fraction
 
 from quotad.config import RatePlan
 from quotad.errors import InvalidInput
@@ -79,9 +78,16 @@ def micros(delta: dt.timedelta) -> int:
     return delta // MICROSECOND
 
 
-def round_fraction(value: Fraction) -> int:
-    """Half-even to a whole number (Fraction's own rounding is half-even)."""
-    return round(value)
+def divide_half_even(numerator: int, denominator: int) -> int:
+    """NUMERATOR / DENOMINATOR rounded half-even to a whole number (DENOMINATOR > 0).
+
+    In integers: a Fraction per figure cost more than the rest of a statement.
+    """
+    quotient, remainder = divmod(numerator, denominator)
+    twice = 2 * remainder
+    if twice > denominator or (twice == denominator and quotient % 2):
+        quotient += 1
+    return quotient
 
 
 def gib_months(billable_bytes: int) -> Decimal:
@@ -324,11 +330,11 @@ def charge(
         plan = seg.plan
         index = seg.plan_index
         kinds = sorted(kind for i, kind in usage if i == index)
-        free = round_fraction(Fraction(plan.free_bytes * micros(seg.end - seg.start), length))
+        free = divide_half_even(plan.free_bytes * micros(seg.end - seg.start), length)
         free_total += free
         if not plan.prices or not kinds:
             total = sum(usage[(index, k)] for k in kinds)
-            average = round_fraction(Fraction(total, length))
+            average = divide_half_even(total, length)
             part = [_Line(seg.start, seg.end, None, average, plan.price_per_gib_month)]
         else:
             part = [
@@ -336,7 +342,7 @@ def charge(
                     seg.start,
                     seg.end,
                     kind,
-                    round_fraction(Fraction(usage[(index, kind)], length)),
+                    divide_half_even(usage[(index, kind)], length),
                     plan.price_of(kind),
                 )
                 for kind in sorted(kinds, key=lambda k: (-plan.price_of(k), k))
@@ -353,7 +359,7 @@ def charge(
         free_bytes=free_total,
         billable_gib_months=exact_sum(c.billable_gib_months for c in charges),
         usage_amount=round_money(exact_sum(c.amount for c in charges), currency),
-        lines={k: round_fraction(Fraction(v, length)) for k, v in sorted(kinds_total.items())},
+        lines={k: divide_half_even(v, length) for k, v in sorted(kinds_total.items())},
         charges=charges,
     )
 

@@ -39,51 +39,89 @@ def _naive(value: dt.datetime) -> dt.datetime:
 
 
 # Every sample that counts in the period on PostgreSQL, integrated by the
-# server: each sample of the period, plus each resource's last one before it
-# (the carry-in), spans until the resource's next sample or the period's end;
-# that span is clipped to the member's membership and each plan's part of the
-# period, and bytes x microseconds summed per member, plan and kind. The
-# numbers are exact: extract(epoch) of an interval is numeric with
-# microseconds, and bigint x numeric is numeric. Sending the rows to Python
-# instead costs several times the server's work (bench/billing.py).
+# server: each sample of the period spans until its resource's next sample or
+# the period's end, and each resource's last sample before the period (the
+# carry-in) from the period's start until the resource's first sample in it.
+# Each span is clipped to each plan's part of the period ({plan_sums}: one
+# column per plan; null where no span overlapped that part) and, for members
+# whose membership covers only part of the period, to that part
+# ({clip_from}, {clip_until}); bytes x seconds are summed per member and kind.
+#
+# Why it is shaped so: each resource's samples, from its carry-in to the
+# period's end, are read from the covering index ix_usage_samples_resource_at
+# in the window's order, so nothing is sorted, and each resource's spans are
+# summed as they come; memberships are arrays indexed by member id and plans
+# are columns, so no join multiplies or reorders millions of rows (the
+# planner cannot estimate such joins, and picked sorts and merge joins costing
+# several times the rest). Members who were members all period, nearly all
+# of them in most months, are summed without looking their membership up
+# (bench/billing.py: that lookup cost a fifth of the query). The numbers are
+# exact: extract(epoch) of an interval is numeric with microseconds, and
+# bigint x numeric is numeric.
 _PG_USAGE = """
-WITH m AS (
-    SELECT * FROM unnest(CAST(:member_ids AS integer[]), CAST(:member_from AS timestamp[]),
-                         CAST(:member_until AS timestamp[])) AS m(member_id, a, b)
-), g AS (
-    SELECT * FROM unnest(CAST(:plan_index AS integer[]), CAST(:plan_from AS timestamp[]),
-                         CAST(:plan_until AS timestamp[])) AS g(plan_index, s, e)
-), r AS (
-    SELECT id, kind FROM resources {resource_filter}
-), carry AS (
-    SELECT c.* FROM r CROSS JOIN LATERAL (
-        SELECT us.id, us.resource_id, us.member_id, us.measured_at, us.bytes
+SELECT x.member_id, r.kind, {outer_sums}
+FROM resources r
+LEFT JOIN LATERAL (
+    SELECT c.measured_at FROM usage_samples c
+    WHERE c.resource_id = r.id AND c.measured_at < CAST(:p0 AS timestamp)
+    ORDER BY c.measured_at DESC, c.id DESC LIMIT 1
+) carry ON true
+CROSS JOIN LATERAL (
+    SELECT spans.member_id, {plan_sums}
+    FROM (
+        SELECT us.member_id, us.bytes,
+               greatest(us.measured_at, CAST(:p0 AS timestamp){clip_from}) AS t0,
+               least(coalesce(lead(us.measured_at) OVER (ORDER BY us.measured_at, us.id),
+                              CAST(:p1 AS timestamp)){clip_until}) AS t1
         FROM usage_samples us
-        WHERE us.resource_id = r.id AND us.measured_at < :p0
-        ORDER BY us.measured_at DESC, us.id DESC LIMIT 1
-    ) c
-), rows AS (
-    SELECT us.id, us.resource_id, us.member_id, us.measured_at, us.bytes
-    FROM usage_samples us
-    WHERE us.measured_at >= :p0 AND us.measured_at < :p1 {sample_filter}
-    UNION ALL
-    SELECT * FROM carry
-), iv AS (
-    SELECT member_id, resource_id, bytes,
-           greatest(measured_at, :p0) AS t0,
-           coalesce(lead(measured_at) OVER (PARTITION BY resource_id ORDER BY measured_at, id),
-                    :p1) AS t1
-    FROM rows
-)
-SELECT iv.member_id, g.plan_index, r.kind,
-       sum(iv.bytes * extract(epoch FROM least(iv.t1, m.b, g.e) - greatest(iv.t0, m.a, g.s)))
-FROM iv
-JOIN m ON m.member_id = iv.member_id
-JOIN g ON g.s < least(iv.t1, m.b) AND g.e > greatest(iv.t0, m.a)
-JOIN r ON r.id = iv.resource_id
-WHERE least(iv.t1, m.b, g.e) > greatest(iv.t0, m.a, g.s)
-GROUP BY iv.member_id, g.plan_index, r.kind
+        WHERE us.resource_id = r.id AND us.measured_at < CAST(:p1 AS timestamp)
+          AND us.measured_at >= coalesce(carry.measured_at, CAST(:p0 AS timestamp))
+    ) spans
+    WHERE spans.t1 > spans.t0 AND spans.member_id {members}
+    GROUP BY spans.member_id
+) x
+{resource_filter}
+GROUP BY x.member_id, r.kind
 """
+_CLIP_FROM = """,
+                        (CAST(:member_from AS timestamp[]))
+                        [us.member_id - CAST(:member_base AS integer)]"""
+_CLIP_UNTIL = """,
+                     (CAST(:member_until AS timestamp[]))
+                     [us.member_id - CAST(:member_base AS integer)]"""
+_PG_PLAN_SUM = """sum(CASE WHEN least(t1, CAST(:plan_until_{i} AS timestamp))
+                  > greatest(t0, CAST(:plan_from_{i} AS timestamp))
+         THEN bytes * extract(epoch FROM least(t1, CAST(:plan_until_{i} AS timestamp))
+                                         - greatest(t0, CAST(:plan_from_{i} AS timestamp)))
+         END) AS s{i}"""
+# A plan in force the whole period clips nothing.
+_PG_WHOLE_PERIOD_SUM = "sum(bytes * extract(epoch FROM t1 - t0)) AS s{i}"
+# Where a member id has no membership in the period: an empty one.
+_NO_MEMBERSHIP = _naive(dt.datetime(1, 1, 1, tzinfo=dt.UTC))
+# The planner cannot estimate how many samples lie between a resource's
+# carry-in and the period's end (it guesses one); given the memory, whatever
+# it sorts or hashes stays in memory.
+_PG_WORK_MEM = "SELECT set_config('work_mem', :work_mem, true)"
+
+
+def _membership_params(cuts: Mapping[int, Sequence[Segment]]) -> dict[str, object]:
+    # Element i - base is member i's membership (PostgreSQL arrays count from
+    # 1); no nulls in them, so that finding an element is one step.
+    base = min(cuts) - 1
+    size = max(cuts) - base
+    member_from = [_NO_MEMBERSHIP] * size
+    member_until = [_NO_MEMBERSHIP] * size
+    for member, segs in cuts.items():
+        member_from[member - base - 1] = _naive(segs[0].start)
+        member_until[member - base - 1] = _naive(segs[-1].end)
+    return {"member_base": base, "member_from": member_from, "member_until": member_until}
+
+
+def _micro(byte_seconds: Decimal) -> int:
+    micro = Decimal(byte_seconds).scaleb(6)
+    if micro != micro.to_integral_value():  # pragma: no cover - exact by construction
+        raise ArithmeticError(f"byte-seconds {byte_seconds} is not whole microseconds")
+    return int(micro)
 
 
 class BillingRepository:
@@ -193,36 +231,77 @@ class BillingRepository:
         PLANS each plan's (index, start, end) within the period.
         """
         totals: dict[int, dict[tuple[int, str], int]] = {m: {} for m in cuts}
-        if not cuts:
+        if not cuts or not plans:
             return totals
-        params: dict[str, object] = {
-            "p0": _naive(period.start),
-            "p1": _naive(period.end),
-            "member_ids": list(cuts),
-            "member_from": [_naive(c[0].start) for c in cuts.values()],
-            "member_until": [_naive(c[-1].end) for c in cuts.values()],
-            "plan_index": [p[0] for p in plans],
-            "plan_from": [_naive(p[1]) for p in plans],
-            "plan_until": [_naive(p[2]) for p in plans],
+        whole = {
+            m for m, c in cuts.items() if (c[0].start, c[-1].end) == (period.start, period.end)
         }
-        resource_filter = sample_filter = ""
-        if member_id is not None:
-            resources = self._charged_resources(member_id)
-            if not resources:
-                return totals
-            params["resources"] = resources
-            resource_filter = "WHERE id = ANY(CAST(:resources AS integer[]))"
-            sample_filter = "AND us.resource_id = ANY(CAST(:resources AS integer[]))"
-        sql = text(_PG_USAGE.format(resource_filter=resource_filter, sample_filter=sample_filter))
-        # The window sorts the period's samples; given the memory, the sort
-        # stays in memory instead of spilling to disk.
-        self.session.execute(text("SET LOCAL work_mem = '256MB'"))
-        for member, plan_index, kind, byte_seconds in self.session.execute(sql, params):
-            micro = Decimal(byte_seconds).scaleb(6)
-            if micro != micro.to_integral_value():  # pragma: no cover - exact by construction
-                raise ArithmeticError(f"byte-seconds {byte_seconds} is not whole microseconds")
-            totals[member][(plan_index, kind)] = int(micro)
+        partial = {m: c for m, c in cuts.items() if m not in whole}
+        self.session.execute(text(_PG_WORK_MEM), {"work_mem": "256MB"})
+        if whole:
+            self._sum_spans(period, plans, totals, whole, None, member_id)
+        if partial:
+            self._sum_spans(period, plans, totals, set(partial), partial, member_id)
         return totals
+
+    def _sum_spans(  # noqa: PLR0917 - one private call site, in order
+        self,
+        period: Period,
+        plans: Sequence[tuple[int, dt.datetime, dt.datetime]],
+        totals: dict[int, dict[tuple[int, str], int]],
+        members: set[int],
+        clip: Mapping[int, Sequence[Segment]] | None,
+        member_id: int | None,
+    ) -> None:
+        """Add MEMBERS' byte-microseconds to TOTALS, clipped to their memberships in CLIP."""
+        params: dict[str, object] = {"p0": _naive(period.start), "p1": _naive(period.end)}
+        whole = (period.start, period.end)
+        sums = []
+        for i, (_, start, end) in enumerate(plans):
+            sums.append(
+                (_PG_WHOLE_PERIOD_SUM if (start, end) == whole else _PG_PLAN_SUM).format(i=i)
+            )
+            params[f"plan_from_{i}"] = _naive(start)
+            params[f"plan_until_{i}"] = _naive(end)
+        resource_filter = ""
+        if member_id is not None:
+            params["resources"] = self._charged_resources(member_id)
+            resource_filter = "WHERE r.id = ANY(CAST(:resources AS integer[]))"
+        elif clip is not None:
+            # Only the resources ever charged to these members.
+            params["resources"] = self._charged_to(members)
+            resource_filter = "WHERE r.id = ANY(CAST(:resources AS integer[]))"
+        if clip is not None:
+            params.update(_membership_params(clip))
+        # A member id on its own is a cheap test; a list of ten thousand is not.
+        if len(members) == 1:
+            params["member"] = next(iter(members))
+            member_test = "= CAST(:member AS integer)"
+        else:
+            member_test = "IS NOT NULL"
+        sql = _PG_USAGE.format(
+            outer_sums=", ".join(f"sum(x.s{i})" for i in range(len(plans))),
+            plan_sums=", ".join(sums),
+            clip_from=_CLIP_FROM if clip is not None else "",
+            clip_until=_CLIP_UNTIL if clip is not None else "",
+            members=member_test,
+            resource_filter=resource_filter,
+        )
+        for member, kind, *byte_seconds in self.session.execute(text(sql), params):
+            usage = totals.get(member)
+            if usage is None or member not in members:  # not a member in the period
+                continue
+            for (plan_index, _, _), value in zip(plans, byte_seconds, strict=True):
+                if value is not None:
+                    key = (plan_index, kind)
+                    usage[key] = usage.get(key, 0) + _micro(value)
+
+    def _charged_to(self, members: Collection[int]) -> list[int]:
+        query = text(
+            "SELECT DISTINCT resource_id FROM usage_samples"
+            " WHERE member_id = ANY(CAST(:members AS integer[]))"
+        )
+        return list(self.session.scalars(query, {"members": sorted(members)}))
 
     # -- finalized periods ---------------------------------------------------
 
