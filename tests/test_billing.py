@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import func, select
 
 from quotad.audit.service import AuditService
+from quotad.billing import repository
 from quotad.billing.arithmetic import Period
 from quotad.billing.models import Statement
 from quotad.billing.service import BillingService, FinalizeResult
@@ -611,3 +612,45 @@ def test_allowance_a_part_of_the_period_leaves_unused_covers_the_other_part(
     assert (body["billable_gib_months"], body["amount"]) == ("0", "0.00")
     # The first half's unused 5 GiB shows as covering the second half's usage.
     assert [c["free_bytes"] for c in body["charges"]] == [0, 10 * GIB]
+
+
+@pytest.mark.parametrize("ledger", ["postgresql"], indirect=True)
+def test_a_large_ledger_integrated_in_slices_gives_the_same_statements(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On PostgreSQL many members are integrated by several connections at once,
+    # sharing one snapshot; a few members are enough to compare the two ways.
+    names = [f"m{i:02d}" for i in range(12)]
+    for name in names:
+        member(ledger, name)
+    member(ledger, "late", joined="2026-03-10")
+    scan(ledger, "2026-02-20T00:00:00", {n: (n, (i + 1) * GIB) for i, n in enumerate(names)})
+    for day in (5, 12, 19, 26):
+        sizes = {n: (n, (i + day) * GIB + day) for i, n in enumerate(names)}
+        sizes["late"] = ("late", day * GIB)
+        scan(ledger, f"2026-03-{day:02d}T06:00:00", sizes)
+        scan(
+            ledger,
+            f"2026-03-{day:02d}T07:00:00",
+            {n: (n, day) for n in names},
+            source="mail",
+            kind="maildir",
+        )
+    plans = dataclasses.replace(
+        PLAN,
+        prices={"maildir": Decimal("0.50")},
+        changes=(RatePlan(at("2026-03-15T12:00:00"), 5 * GIB, Decimal("0.20")),),
+    )
+    one_by_one = texts(ledger, "2026-03", plans)
+    monkeypatch.setattr(repository, "PARALLEL_FROM", 2)
+    sliced: list[int] = []
+    original = repository.BillingRepository._in_slices
+
+    def counted(self: repository.BillingRepository, sql: str, params: Any) -> Any:
+        sliced.append(1)
+        return original(self, sql, params)
+
+    monkeypatch.setattr(repository.BillingRepository, "_in_slices", counted)
+    assert texts(ledger, "2026-03", plans) == one_by_one
+    assert sliced == [1]
+    assert len(one_by_one) == 13

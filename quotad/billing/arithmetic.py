@@ -12,6 +12,7 @@ after it, so anyone can check a statement with a pencil:
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -134,11 +135,11 @@ class Period:
 
     @property
     def start(self) -> dt.datetime:
-        return dt.datetime(self.year, self.month, 1, tzinfo=dt.UTC)
+        return _bounds(self.year, self.month)[0]
 
     @property
     def end(self) -> dt.datetime:
-        return self.next().start
+        return _bounds(self.year, self.month)[1]
 
     def next(self) -> Period:
         return Period(self.year + self.month // 12, self.month % 12 + 1)
@@ -149,7 +150,15 @@ class Period:
     @property
     def length(self) -> int:
         """The period's length in microseconds."""
-        return micros(self.end - self.start)
+        return _bounds(self.year, self.month)[2]
+
+
+# A list of statements asks for one period's bounds tens of thousands of times.
+@functools.lru_cache(maxsize=256)
+def _bounds(year: int, month: int) -> tuple[dt.datetime, dt.datetime, int]:
+    start = dt.datetime(year, month, 1, tzinfo=dt.UTC)
+    end = dt.datetime(year + month // 12, month % 12 + 1, 1, tzinfo=dt.UTC)
+    return start, end, micros(end - start)
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,19 +272,29 @@ class Charge:
     average_bytes: int
     free_bytes: int
     price_per_gib_month: Decimal
+    # Derived once, when made (Charge.of): a statement reads each of them
+    # several times, and Decimal division is the dearest step of pricing.
+    billable_gib_months: Decimal = Decimal(0)
+    amount: Decimal = Decimal(0)  # exact, unrounded: the statement rounds the sum once
+
+    @classmethod
+    def of(
+        cls,
+        start: dt.datetime,
+        end: dt.datetime,
+        kind: str | None,
+        *,
+        average_bytes: int,
+        free_bytes: int,
+        price: Decimal,
+    ) -> Charge:
+        billable = gib_months(max(0, average_bytes - free_bytes))
+        amount = EXACT.multiply(billable, price)
+        return cls(start, end, kind, average_bytes, free_bytes, price, billable, amount)
 
     @property
     def billable_bytes(self) -> int:
         return max(0, self.average_bytes - self.free_bytes)
-
-    @property
-    def billable_gib_months(self) -> Decimal:
-        return gib_months(self.billable_bytes)
-
-    @property
-    def amount(self) -> Decimal:
-        """Exact, unrounded: the statement rounds the sum once."""
-        return EXACT.multiply(self.billable_gib_months, self.price_per_gib_month)
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,7 +321,14 @@ class _Line:
     covered: int = 0
 
     def frozen(self) -> Charge:
-        return Charge(self.start, self.end, self.kind, self.average, self.covered, self.price)
+        return Charge.of(
+            self.start,
+            self.end,
+            self.kind,
+            average_bytes=self.average,
+            free_bytes=self.covered,
+            price=self.price,
+        )
 
 
 def charge(
