@@ -38,9 +38,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import functools
-import os
 import random
-import signal
 import socket
 import statistics
 import subprocess
@@ -51,7 +49,6 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import psycopg
@@ -60,7 +57,7 @@ from sqlalchemy import Engine, func, select
 # bench/ is not an installed package: the timing is shared with the other benchmarks.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import format_runs, timed
+from bench.common import format_runs, scratch_database, timed
 from quotad import migrate
 from quotad.auth.service import TokenService
 from quotad.config import load_settings
@@ -70,7 +67,6 @@ from quotad.ledger.service import ScanInput
 from quotad.scanning import record
 from scanners.base import Measurement
 
-ADMIN_DSN = os.environ.get("PG_BENCH_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=test")
 USAGE_GOAL = 0.5
 RECORD_GOAL = 3.0
 # (name, source kind, resource kind, size factor): one resource per member each.
@@ -124,27 +120,11 @@ def main() -> int:
         scan_size=args.scan_size or (10_000 if quick else 100_000),
         repeat=args.repeat or (2 if quick else 3),
     )
-    # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so the cleanup runs.
-    signal.signal(signal.SIGTERM, _interrupt)
-    with tempfile.TemporaryDirectory(prefix="quotad-bench-api-") as tmp, scratch_database() as url:
+    with (
+        tempfile.TemporaryDirectory(prefix="quotad-bench-api-") as tmp,
+        scratch_database("api") as url,
+    ):
         return run(sizes, url, Path(tmp))
-
-
-def _interrupt(_signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def scratch_database() -> Iterator[str]:
-    """A new database's SQLAlchemy URL; dropped on the way out, whatever happened."""
-    name = f"quotad_bench_api_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    with psycopg.connect(ADMIN_DSN, autocommit=True, connect_timeout=5) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            info = admin.info
-            yield f"postgresql+psycopg://{info.user}@{info.host}:{info.port}/{name}"
-        finally:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def run(sizes: Sizes, url: str, tmp: Path) -> int:

@@ -26,20 +26,16 @@ with the benchmark's single plan and again with a plan change mid-month.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
-import os
 import random
-import signal
 import statistics
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from types import FrameType
 from typing import Any
 from unittest import mock
 
@@ -50,7 +46,7 @@ from sqlalchemy import Engine, text
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.api import without_secondary_indexes
-from bench.common import format_runs
+from bench.common import format_runs, scratch_database
 from quotad import migrate
 from quotad.billing.arithmetic import Period, charge, decimal_text, round_money, segments
 from quotad.billing.repository import BillingRepository
@@ -58,7 +54,6 @@ from quotad.billing.service import BillingService, StatementDoc
 from quotad.config import BillingSettings, RatePlan
 from quotad.db import make_engine, session_scope
 
-ADMIN_DSN = os.environ.get("PG_BENCH_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=test")
 GOAL = 2.0
 PERIOD = Period(2026, 10)
 NOW = dt.datetime(2026, 11, 30, 12, tzinfo=dt.UTC)
@@ -125,27 +120,8 @@ def main() -> int:
     if not 1 <= args.days <= 31 or args.members < 1 or args.runs < 1:
         parser.error("--days must be 1 to 31, --members and --runs at least 1")
     sizes = Sizes(args.members, args.days, args.runs, max(0, args.check))
-    # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so the cleanup runs.
-    signal.signal(signal.SIGTERM, _interrupt)
-    with scratch_database() as url:
+    with scratch_database("billing") as url:
         return run(sizes, url)
-
-
-def _interrupt(_signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def scratch_database() -> Iterator[str]:
-    """A new database's SQLAlchemy URL; dropped on the way out, whatever happened."""
-    name = f"quotad_bench_billing_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    with psycopg.connect(ADMIN_DSN, autocommit=True, connect_timeout=5) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            info = admin.info
-            yield f"postgresql+psycopg://{info.user}@{info.host}:{info.port}/{name}"
-        finally:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def run(sizes: Sizes, url: str) -> int:

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import time
+import uuid
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
+
+import psycopg
+
+# Where the PostgreSQL benchmarks create (and drop) their scratch databases.
+ADMIN_DSN = os.environ.get("PG_BENCH_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=test")
 
 
 def timed(run: Callable[[], object]) -> float:
@@ -37,3 +46,25 @@ def find_totals(root: Path) -> dict[str, tuple[int, int]]:
         member = os.fsdecode(relative.split(b"/", 1)[0])
         inodes[member][int(inode)] = int(size)
     return {member: (sum(sizes.values()), len(sizes)) for member, sizes in inodes.items()}
+
+
+def _interrupt(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def scratch_database(label: str) -> Iterator[str]:
+    """A new database's SQLAlchemy URL; dropped on the way out, whatever happened.
+
+    SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C meanwhile, so the
+    database is dropped then too.
+    """
+    signal.signal(signal.SIGTERM, _interrupt)
+    name = f"quotad_bench_{label}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(ADMIN_DSN, autocommit=True, connect_timeout=5) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            info = admin.info
+            yield f"postgresql+psycopg://{info.user}@{info.host}:{info.port}/{name}"
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -292,10 +292,6 @@ class Charge:
         amount = EXACT.multiply(billable, price)
         return cls(start, end, kind, average_bytes, free_bytes, price, billable, amount)
 
-    @property
-    def billable_bytes(self) -> int:
-        return max(0, self.average_bytes - self.free_bytes)
-
 
 @dataclass(frozen=True, slots=True)
 class Figures:

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Any
 
-from quotad.billing.arithmetic import round_money
+from quotad.billing.arithmetic import exact_sum, round_money
 
 COLUMNS = (
     "member",
@@ -28,7 +28,7 @@ COLUMNS = (
 
 def adjustments_total(body: Mapping[str, Any]) -> str:
     """The sum of a statement's adjustment lines, written like its amounts ("-4.50", "0.00")."""
-    total = sum((Decimal(a["amount"]) for a in body["adjustments"]), Decimal(0))
+    total = exact_sum(Decimal(a["amount"]) for a in body["adjustments"])
     return format(round_money(total, str(body["currency"])), "f")
 
 

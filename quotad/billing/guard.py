@@ -21,7 +21,7 @@ def refuse_if_finalized(session: Session, at: dt.datetime, what: str) -> None:
     repo = BillingRepository(session)
     repo.lock_periods(exclusive=False)
     period = Period.containing(at)
-    if repo.is_finalized(period):
+    if repo.finalized(period) is not None:
         raise Conflict(
             f"{what} falls in {period}, whose billing period is finalized; "
             "a correction is an adjustment in an open period"

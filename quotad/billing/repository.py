@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from quotad.billing.arithmetic import Period, Sample, Segment
 from quotad.billing.models import Adjustment, BillingPeriod, Statement
 from quotad.ledger.models import Resource, UsageSample
+from quotad.ledger.repository import LedgerRepository
 from quotad.locks import lock_key
 from quotad.members.models import Member
 
@@ -199,18 +200,11 @@ class BillingRepository:
 
     # -- usage ---------------------------------------------------------------
 
-    def _charged_resources(self, member_id: int) -> list[int]:
-        return list(
-            self.session.scalars(
-                select(UsageSample.resource_id).where(UsageSample.member_id == member_id).distinct()
-            )
-        )
-
     def samples(self, period: Period, member_id: int | None = None) -> list[Sample]:
         """The period's samples and each resource's carry-in, by resource, time, id."""
         resources: list[int] | None = None
         if member_id is not None:
-            resources = self._charged_resources(member_id)
+            resources = list(LedgerRepository(self.session).charged_resources(member_id))
             if not resources:
                 return []
         latest = select(
@@ -280,7 +274,7 @@ class BillingRepository:
         sums = _plan_sums(period, plans, params)
         resource_filter = ""
         if member_id is not None:
-            params["resources"] = self._charged_resources(member_id)
+            params["resources"] = list(LedgerRepository(self.session).charged_resources(member_id))
             resource_filter = "WHERE r.id = ANY(CAST(:resources AS integer[]))"
         elif clip is not None:
             # Only the resources ever charged to these members.
@@ -354,10 +348,6 @@ class BillingRepository:
 
     def finalized(self, period: Period) -> BillingPeriod | None:
         return self.session.get(BillingPeriod, str(period))
-
-    def is_finalized(self, period: Period) -> bool:
-        query = select(BillingPeriod.period).where(BillingPeriod.period == str(period))
-        return self.session.scalar(query) is not None
 
     def finalized_after(self, period: Period) -> set[str]:
         query = select(BillingPeriod.period).where(BillingPeriod.period >= str(period))

@@ -53,6 +53,7 @@ def _money(value: Decimal) -> str:
 @dataclass(frozen=True, slots=True)
 class StatementDoc:
     member: str
+    member_id: int
     period: str
     body: Mapping[str, Any]
     text: str
@@ -139,14 +140,14 @@ class BillingService:
     def statements(self, period: Period) -> list[StatementDoc]:
         """Every member's statement for PERIOD: the frozen ones if final, else drafts."""
         self._check_begun(period)
-        if self.repo.is_finalized(period):
+        if self.repo.finalized(period) is not None:
             return self._stored(period)
         return self._drafts(period)
 
     def statement(self, name: str, period: Period) -> StatementDoc:
         member = self.members.get(name)
         self._check_begun(period)
-        if self.repo.is_finalized(period):
+        if self.repo.finalized(period) is not None:
             found = self._stored(period, member.id)
         else:
             found = self._drafts(period, member.id)
@@ -158,7 +159,7 @@ class BillingService:
         docs = []
         for row in self.repo.statements(period, member_id):
             body = json.loads(row.body)
-            docs.append(StatementDoc(body["member"], str(period), body, row.body))
+            docs.append(StatementDoc(body["member"], row.member_id, str(period), body, row.body))
         return sorted(docs, key=lambda d: d.member)
 
     def _drafts(
@@ -214,7 +215,7 @@ class BillingService:
                 status=status,
                 finalized_at=finalized_at,
             )
-            docs.append(StatementDoc(names[mid], str(period), body, canonical(body)))
+            docs.append(StatementDoc(names[mid], mid, str(period), body, canonical(body)))
         return sorted(docs, key=lambda d: d.member)
 
     def _usage(
@@ -301,12 +302,10 @@ class BillingService:
             )
         now = self.now
         docs = self._drafts(period, status=FINAL, finalized_at=now)
-        ids = {r.name: r.id for r in self.repo.members(period)}
-        ids.update({name: adj.member_id for adj, name in self.repo.adjustments(period)})
         rows = [
             Statement(
                 period=str(period),
-                member_id=ids[doc.member],
+                member_id=doc.member_id,
                 body=doc.text,
                 digest=hashlib.sha256(doc.text.encode()).hexdigest(),
             )

@@ -418,7 +418,7 @@ class LedgerRepository:
             query = query.where(CurrentUsage.member_id == member_id)
         return [CurrentRow(*row) for row in self.session.execute(query)]
 
-    def _charged_resources(self, member_id: int) -> Sequence[int]:
+    def charged_resources(self, member_id: int) -> Sequence[int]:
         """Every resource the member has ever been charged for.
 
         Asked first, on its own: inside a larger query PostgreSQL guesses
@@ -435,7 +435,7 @@ class LedgerRepository:
         kinds: Collection[str] | None = None,
     ) -> list[SamplePoint]:
         """Every sample of every resource the member has ever been charged for, oldest first."""
-        theirs = self._charged_resources(member_id)
+        theirs = self.charged_resources(member_id)
         query = (
             select(
                 UsageSample.resource_id,
@@ -463,7 +463,7 @@ class LedgerRepository:
         The answer is the first step after the last one that left the total
         at or under LIMIT, if any step follows it.
         """
-        theirs = self._charged_resources(member_id)
+        theirs = self.charged_resources(member_id)
         if not theirs:
             return None
         value = case((UsageSample.member_id == member_id, UsageSample.bytes), else_=0)
