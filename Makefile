@@ -19,9 +19,10 @@ DEMO := var/demo
 # tests run it from a config of their own, never the system's service),
 # OpenAFS's servers and vos/afsio/pts (tests/afs_cell.py starts a -noauth
 # test cell on loopback for the afs scanner; never openafs-modules-dkms: no
-# kernel client is needed), mariadb-admin (to see that MariaDB answers).
+# kernel client is needed), mariadb-admin (to see that MariaDB answers),
+# systemd-analyze (deploy/'s units are verified by the tests).
 DEBIAN_PACKAGES := coreutils util-linux findutils postgresql-client dovecot-core \
-	openafs-fileserver openafs-dbserver openafs-client mariadb-client
+	openafs-fileserver openafs-dbserver openafs-client mariadb-client systemd
 
 .PHONY: run test lint typecheck importlint pytest deps system-deps services mailman-env bench clean
 

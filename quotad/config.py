@@ -118,12 +118,42 @@ class BillingSettings:
     prices: Mapping[str, Decimal] = field(default_factory=dict)
     # Later plans ([[billing.plans]]), oldest first, each with its start.
     changes: tuple[RatePlan, ...] = ()
+    # The scheduler finalizes a period this long after it ends; None: by hand.
+    finalize_after: int | None = None
 
     @property
     def plans(self) -> tuple[RatePlan, ...]:
         """Every plan, the base one (from the beginning) first."""
         base = RatePlan(None, self.free_bytes, self.price_per_gib_month, self.prices)
         return (base, *self.changes)
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerSettings:
+    """The built-in scheduler's jobs; a schedule of None turns that job off."""
+
+    enabled: bool = True
+    enforce: str | None = "*/15 * * * *"
+    billing: str | None = "5 * * * *"
+    full_rescan: str | None = "0 3 * * 0"
+    retention: str | None = "30 4 * * *"
+    # A run missed by less than this (a busy or restarted process) still runs,
+    # once for all the slots it missed.
+    misfire_grace: int = 15 * 60
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionSettings:
+    # Raw samples older than this are thinned to one per resource and day;
+    # None keeps every sample for ever.
+    raw_samples: int | None = 400 * 86400
+    job_runs: int = 90 * 86400
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingSettings:
+    format: str = "text"  # or "json"
+    level: str = "INFO"
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +181,9 @@ class Settings:
     enforcement: EnforcementSettings = EnforcementSettings()
     smtp: SmtpSettings = SmtpSettings()
     billing: BillingSettings = BillingSettings()
+    scheduler: SchedulerSettings = SchedulerSettings()
+    retention: RetentionSettings = RetentionSettings()
+    logging: LoggingSettings = LoggingSettings()
     sources: tuple[SourceSettings, ...] = ()
     # Scanners' caches (the Maildir scanner's directory summaries); safe to delete.
     cache_dir: Path = Path("var/cache")
@@ -248,6 +281,9 @@ def parse_settings(
             Options(top.table("smtp"), "smtp."), Path.cwd() if "smtp" in env_keys else base_dir
         )
         billing = _billing(Options(top.table("billing"), "billing."))
+        scheduler = _scheduler(Options(top.table("scheduler"), "scheduler."))
+        retention = _retention(Options(top.table("retention"), "retention."))
+        logging = _logging(Options(top.table("logging"), "logging."))
         sources = _sources(top.raw("sources", []), base_dir)
         cache_dir = _cache_dir(top, database_url, env_keys, base_dir)
         top.finish()
@@ -266,6 +302,9 @@ def parse_settings(
         enforcement=enforcement,
         smtp=smtp,
         billing=billing,
+        scheduler=scheduler,
+        retention=retention,
+        logging=logging,
         sources=sources,
         cache_dir=cache_dir,
     )
@@ -497,6 +536,7 @@ def _billing(opts: Options) -> BillingSettings:
             )
         )
         plan_opts.finish()
+    finalize_after = _finalize_after(opts)
     opts.finish()
     return BillingSettings(
         currency=currency,
@@ -504,7 +544,72 @@ def _billing(opts: Options) -> BillingSettings:
         price_per_gib_month=base.price_per_gib_month,
         prices=base.prices,
         changes=tuple(changes),
+        finalize_after=finalize_after,
     )
+
+
+def _finalize_after(opts: Options) -> int | None:
+    if not opts.has("finalize_after"):
+        return None
+    return opts.duration("finalize_after")
+
+
+def _scheduler(opts: Options) -> SchedulerSettings:
+    defaults = SchedulerSettings()
+    result = SchedulerSettings(
+        enabled=opts.boolean("enabled", default=True),
+        enforce=_job_schedule(opts, "enforce", defaults.enforce),
+        billing=_job_schedule(opts, "billing", defaults.billing),
+        full_rescan=_job_schedule(opts, "full_rescan", defaults.full_rescan),
+        retention=_job_schedule(opts, "retention", defaults.retention),
+        misfire_grace=_positive_duration(opts, "scheduler", "misfire_grace", "15m"),
+    )
+    opts.finish()
+    return result
+
+
+def _job_schedule(opts: Options, key: str, default: str | None) -> str | None:
+    """A job's cron expression; `false` turns the job off."""
+    value = opts.raw(key, default)
+    if value is False or value is None:
+        return None
+    if not isinstance(value, str):
+        raise OptionError(f"{opts.prefix}{key}", "must be a cron expression or false")
+    problem = source_registry.check_schedule(value)
+    if problem:
+        raise OptionError(f"{opts.prefix}{key}", problem)
+    return value
+
+
+def _retention(opts: Options) -> RetentionSettings:
+    raw_samples: int | None = None
+    value = opts.raw("raw_samples", "400d")
+    if value is not False:
+        raw_samples = _positive_duration(opts, "retention", "raw_samples", "400d")
+        if raw_samples < 2 * 86400:
+            raise OptionError("retention.raw_samples", "must be at least 2d (or false: keep all)")
+    result = RetentionSettings(
+        raw_samples=raw_samples,
+        job_runs=_positive_duration(opts, "retention", "job_runs", "90d"),
+    )
+    opts.finish()
+    return result
+
+
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _logging(opts: Options) -> LoggingSettings:
+    fmt = opts.string("format", "text")
+    if fmt not in LOG_FORMATS:
+        raise OptionError("logging.format", f"use {' or '.join(LOG_FORMATS)}, not {fmt!r}")
+    level = opts.string("level", "INFO").upper()
+    if level not in LOG_LEVELS:
+        raise OptionError("logging.level", f"use one of {', '.join(LOG_LEVELS)}")
+    result = LoggingSettings(format=fmt, level=level)
+    opts.finish()
+    return result
 
 
 def _price(opts: Options, key: str, default: str, currency: str) -> Decimal:
