@@ -5,6 +5,7 @@ from quotad.auth.models import ApiToken
 from quotad.billing.models import Adjustment, BillingPeriod, Statement
 from quotad.db import Base
 from quotad.enforcement.models import EnforcementAction, Notification
+from quotad.jobs.models import JobRun
 from quotad.ledger.models import (
     CurrentUsage,
     MeasurementFailure,
@@ -25,6 +26,7 @@ __all__ = [
     "BillingPeriod",
     "CurrentUsage",
     "EnforcementAction",
+    "JobRun",
     "MeasurementFailure",
     "Member",
     "Notification",

@@ -1,0 +1,1 @@
+"""Scheduled jobs: which run claimed which slot, and how it ended."""
