@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -13,10 +14,11 @@ from api.routers import audit, billing, health, history, members, quotas, scans,
 from api.schemas.common import errors as error_responses
 from quotad.config import Settings
 from quotad.db import make_engine
+from quotad.scheduler import Scheduler
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """An app on the ledger of SETTINGS.
+def create_app(settings: Settings, *, scheduler: bool = False) -> FastAPI:
+    """An app on the ledger of SETTINGS; with SCHEDULER, running the scheduled jobs too.
 
     The engine is made here and connects lazily; until the ledger is migrated
     every endpoint answers 503 `ledger_not_ready`, /healthz included, so a
@@ -29,8 +31,18 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        yield
-        engine.dispose()
+        # In the lifespan rather than around uvicorn.run: on SIGTERM uvicorn
+        # shuts the app down and then re-raises the signal, so this is the
+        # last point at which runs in progress can end and record themselves.
+        jobs = Scheduler(engine, settings) if scheduler else None
+        if jobs is not None:
+            jobs.start()
+        try:
+            yield
+        finally:
+            if jobs is not None:
+                await asyncio.to_thread(jobs.shutdown, wait=True)
+            engine.dispose()
 
     app = FastAPI(
         lifespan=lifespan,

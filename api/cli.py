@@ -23,8 +23,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     host = args.host or settings.server.host
     port = settings.server.port if args.port is None else args.port
+    scheduler = settings.scheduler.enabled and not args.no_scheduler
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, scheduler=scheduler),
         host=host,
         port=port,
         # The identity header is trusted by the TCP peer's address; uvicorn must
@@ -43,7 +44,7 @@ def add_serve(add: cli.AddCommand) -> None:
     serve.add_argument(
         "--no-scheduler",
         action="store_true",
-        help="run no scheduled jobs (there are none yet: accepted for scripts)",
+        help="run no scheduled jobs (another process runs them: `quotad scheduler`)",
     )
 
 

@@ -1,7 +1,9 @@
 """GET /metrics: Prometheus text exposition (format 0.0.4), written by hand.
 
 Per source the age and status of its last scan, members per quota state (each
-member counted once, in its worst scope's state), and per route template (never
+member counted once, in its worst scope's state), per scheduled job the outcome,
+time and duration of its latest run (from the ledger, so every instance shows
+what all of them ran), and per route template (never
 the raw path, which would make a label per member name) request counts and a
 latency histogram, gathered by a middleware.
 """
@@ -20,6 +22,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.deps import ContextDep
 from api.schemas.common import errors
 from quotad.db import session_scope, utcnow
+from quotad.jobs.repository import OUTCOMES as JOB_OUTCOMES
+from quotad.jobs.repository import JobSummary
+from quotad.jobs.service import job_summaries
 from quotad.ledger.service import LedgerService
 from quotad.quotas.service import QuotaService
 from quotad.quotas.state import GRACE_EXPIRED, HARD, OK, SOFT
@@ -125,6 +130,7 @@ def ledger_lines(context: Any) -> Iterable[str]:
     with session_scope(context.engine) as session:
         sources = LedgerService(session).source_status()
         report = QuotaService(session, context.settings, "api:metrics").report(now)
+        jobs = job_summaries(session)
     yield "# HELP quotad_source_last_scan_age_seconds Seconds since the last scan finished."
     yield "# TYPE quotad_source_last_scan_age_seconds gauge"
     for s in sorted(sources, key=lambda s: s.source):
@@ -146,6 +152,35 @@ def ledger_lines(context: Any) -> Iterable[str]:
     yield "# TYPE quotad_members gauge"
     for state in STATES:
         yield f"quotad_members{labels(state=state)} {counts[state]}"
+    yield from job_lines(jobs)
+
+
+def job_lines(jobs: Iterable[JobSummary]) -> Iterable[str]:
+    """Scheduled jobs as every instance on the ledger ran them, read from job_runs."""
+    jobs = list(jobs)
+    yield "# HELP quotad_job_last_outcome The outcome of the job's latest slot (1 = it)."
+    yield "# TYPE quotad_job_last_outcome gauge"
+    for j in jobs:
+        for outcome in JOB_OUTCOMES:
+            value = 1 if j.outcome == outcome else 0
+            yield f"quotad_job_last_outcome{labels(job=j.job, outcome=outcome)} {value}"
+    yield "# HELP quotad_job_last_run_timestamp_seconds When the job's latest slot started."
+    yield "# TYPE quotad_job_last_run_timestamp_seconds gauge"
+    for j in jobs:
+        stamp = number(j.started_at.timestamp())
+        yield f"quotad_job_last_run_timestamp_seconds{labels(job=j.job)} {stamp}"
+    yield "# HELP quotad_job_last_duration_seconds How long the job's latest finished run took."
+    yield "# TYPE quotad_job_last_duration_seconds gauge"
+    for j in jobs:
+        if j.duration_us is not None:
+            seconds = number(j.duration_us / 1_000_000)
+            yield f"quotad_job_last_duration_seconds{labels(job=j.job)} {seconds}"
+    yield "# HELP quotad_job_runs Runs of the job on record (retention prunes old ones)."
+    yield "# TYPE quotad_job_runs gauge"
+    for j in jobs:
+        for outcome in JOB_OUTCOMES:
+            count = j.runs.get(outcome, 0)
+            yield f"quotad_job_runs{labels(job=j.job, outcome=outcome)} {count}"
 
 
 @router.get(

@@ -12,7 +12,9 @@ import getpass
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -747,6 +749,41 @@ def cmd_adjustment_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# scheduler
+
+
+def cmd_scheduler(args: argparse.Namespace) -> int:
+    # Imported here so that other commands never load APScheduler.
+    from quotad.scheduler import Scheduler  # noqa: PLC0415
+
+    settings, engine = _engine(args)
+    scheduler = Scheduler(engine, settings)
+    if args.list:
+        rows = [
+            [job.name, job.schedule, format_time(at) or "-"]
+            for job, (_, at) in zip(scheduler.jobs, scheduler.next_runs(), strict=True)
+        ]
+        print(table(["job", "schedule", "next run"], rows) if rows else "no scheduled jobs")
+        return EXIT_OK
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    scheduler.start()
+    try:
+        stop.wait()
+    finally:
+        # Runs in progress end and record their outcome before the process exits.
+        scheduler.shutdown(wait=True)
+    return EXIT_OK
+
+
+def _add_scheduler_command(commands: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
+    sched = add(
+        commands, "scheduler", cmd_scheduler, "run the scheduled jobs, without the HTTP API"
+    )
+    sched.add_argument("--list", action="store_true", help="list the jobs and their next runs")
+
+
 # demo
 
 
@@ -923,6 +960,7 @@ def build_parser(extensions: Sequence[Extension] = ()) -> argparse.ArgumentParse
 
     _add_token_commands(commands, add)
     _add_billing_commands(commands, add)
+    _add_scheduler_command(commands, add)
 
     demo = add(commands, "demo", cmd_demo, "write a demo config and sample data")
     demo.add_argument("dir", nargs="?", default="var/demo", metavar="DIR")

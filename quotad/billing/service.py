@@ -279,6 +279,9 @@ class BillingService:
 
     # -- finalizing ----------------------------------------------------------
 
+    def is_finalized(self, period: Period) -> bool:
+        return self.repo.finalized(period) is not None
+
     def finalize(self, period: Period) -> FinalizeResult:
         """Freeze PERIOD's statements; doing it again returns the first result.
 
