@@ -39,6 +39,7 @@ from quotad.ledger.service import COMPLETE, FAILED, LedgerService, ScanInput
 from quotad.locks import job_lock
 from quotad.members.models import Member
 from quotad.members.service import MemberService
+from quotad.monitoring.cli import add_check
 from quotad.push import (
     PENDING,
     RECORDED,
@@ -809,6 +810,7 @@ def _add_report_commands(commands: Any, add: Callable[..., argparse.ArgumentPars
     report.add_argument(
         "--json", action="store_true", help="a JSON array in the shape of GET /me/usage"
     )
+    add_check(commands, add)
 
 
 def _add_token_commands(commands: Any, add: Callable[..., argparse.ArgumentParser]) -> None:

@@ -1,0 +1,1 @@
+"""`quotad check`: the ledger's health as a Nagios/Icinga plugin sees it."""
