@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import errors, metrics
+from api import errors, metrics, requestid
 from api.deps import Context
 from api.routers import audit, billing, health, history, members, quotas, scans, usage
 from api.schemas.common import errors as error_responses
@@ -60,5 +60,6 @@ def create_app(settings: Settings, *, scheduler: bool = False) -> FastAPI:
     for module in (health, usage, history, members, quotas, audit, scans, billing):
         app.include_router(module.router)
     metrics.install(app)
+    requestid.install(app)
 
     return app

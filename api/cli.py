@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from quotad import cli
+from quotad import cli, logs
 from quotad.config import load_settings
 
 
@@ -21,6 +21,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from api.app import create_app  # noqa: PLC0415
 
     settings = load_settings(args.config)
+    logs.configure(settings.logging, verbose=args.verbose)
     host = args.host or settings.server.host
     port = settings.server.port if args.port is None else args.port
     scheduler = settings.scheduler.enabled and not args.no_scheduler
@@ -32,7 +33,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # not replace that peer with whatever X-Forwarded-For claims.
         proxy_headers=False,
         server_header=False,
-        log_level="info",
+        # uvicorn's own lines through quotad's handler; its access log is
+        # replaced by quotad's, which carries the request id.
+        **logs.uvicorn_options(),
     )
     return cli.EXIT_OK
 

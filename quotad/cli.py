@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-import logging
 import os
 import signal
 import sys
@@ -23,12 +22,12 @@ from typing import Any, TextIO
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from quotad import migrate
+from quotad import logs, migrate
 from quotad.auth.service import TokenInfo, TokenService
 from quotad.billing.arithmetic import Period
 from quotad.billing.export import statements_csv
 from quotad.billing.service import BillingService
-from quotad.config import Settings, load_settings
+from quotad.config import LoggingSettings, Settings, load_settings
 from quotad.db import make_engine, session_scope, utcnow
 from quotad.demo import write_demo
 from quotad.enforcement.service import EnforcementService, Plan
@@ -84,7 +83,10 @@ def actor() -> str:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    return load_settings(args.config)
+    settings = load_settings(args.config)
+    # Logging as configured from here on; until now it was the defaults.
+    logs.configure(logs.command_settings(settings.logging, verbose=args.verbose))
+    return settings
 
 
 def _engine(args: argparse.Namespace, *, migrated: bool = True) -> tuple[Settings, Engine]:
@@ -758,6 +760,8 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     from quotad.scheduler import Scheduler  # noqa: PLC0415
 
     settings, engine = _engine(args)
+    # A daemon: it logs at the configured level, not a one-shot command's.
+    logs.configure(settings.logging, verbose=args.verbose)
     scheduler = Scheduler(engine, settings)
     if args.list:
         rows = [
@@ -979,10 +983,7 @@ def main(  # noqa: PLR0911 - one exit per error kind
     args = parser.parse_args(argv)
     if not hasattr(args, "config"):
         args.config = None
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(logs.command_settings(LoggingSettings(), verbose=args.verbose))
     handler: Handler = args.handler
     try:
         with ExitStack() as cleanup:

@@ -8,6 +8,7 @@ the source's kind when the agent leaves it out.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import uuid
 from collections.abc import Sequence
 
@@ -15,11 +16,14 @@ from sqlalchemy.orm import Session
 
 from quotad.config import Settings
 from quotad.db import utcnow
-from quotad.errors import Conflict, Forbidden, InvalidInput
+from quotad.errors import Conflict, Forbidden, InvalidInput, QuotadError
 from quotad.ledger.repository import LedgerRepository
 from quotad.ledger.service import LedgerService, RecordResult, ScanInput
+from quotad.logs import log_context
 from quotad.sources import RESOURCE_KINDS, SCANNERS
 from scanners.base import Measurement, ResourceFailure
+
+log = logging.getLogger(__name__)
 
 # How far ahead of this server's clock an agent's clock may be.
 MAX_CLOCK_SKEW = dt.timedelta(minutes=5)
@@ -112,21 +116,37 @@ def ingest(
 
     ALLOWED_SOURCES is what the sender may send scans of; None means any.
     """
-    if allowed_sources is not None and source not in allowed_sources:
-        raise Forbidden(f"this token may not send scans of source {source!r}")
-    check_times(started_at, finished_at, now or utcnow())
-    resource_kinds = [m.kind for m in measurements] + [f.kind for f in failures]
-    kind = source_kind(session, settings, source, declared_kind, resource_kinds)
-    check_resource_kinds(kind, resource_kinds)
-    scan = ScanInput(
-        scan_id=scan_id,
-        source=source,
-        source_kind=kind,
-        started_at=started_at,
-        finished_at=finished_at,
-        measurements=measurements,
-        failures=failures,
-        error=error,
-    )
-    service = LedgerService(session, actor=actor, auto_register=settings.members.auto_register)
-    return service.record(scan)
+    with log_context(scan_id=scan_id, source=source):
+        try:
+            if allowed_sources is not None and source not in allowed_sources:
+                raise Forbidden(f"this token may not send scans of source {source!r}")
+            check_times(started_at, finished_at, now or utcnow())
+            resource_kinds = [m.kind for m in measurements] + [f.kind for f in failures]
+            kind = source_kind(session, settings, source, declared_kind, resource_kinds)
+            check_resource_kinds(kind, resource_kinds)
+            scan = ScanInput(
+                scan_id=scan_id,
+                source=source,
+                source_kind=kind,
+                started_at=started_at,
+                finished_at=finished_at,
+                measurements=measurements,
+                failures=failures,
+                error=error,
+            )
+            service = LedgerService(
+                session, actor=actor, auto_register=settings.members.auto_register
+            )
+            result = service.record(scan)
+        except QuotadError as exc:
+            # An agent sending what cannot be recorded is for the admin, not only the agent.
+            log.warning("refused a scan of %s from %s: %s", source, actor, exc)
+            raise
+        log.info(
+            "%s a scan of %s from %s: %s",
+            "recorded" if result.created else "already had",
+            source,
+            actor,
+            result.status,
+        )
+        return result

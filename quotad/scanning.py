@@ -13,6 +13,7 @@ from quotad.config import Settings, SourceSettings
 from quotad.db import session_scope, utcnow
 from quotad.errors import InvalidInput
 from quotad.ledger.service import LedgerService, RecordResult, ScanInput
+from quotad.logs import log_context
 from quotad.members.service import MemberService
 from scanners.base import Measurement, Progress, ResourceFailure, ScanContext, SourceError
 
@@ -40,20 +41,26 @@ def measure(
     measurements: list[Measurement] = []
     failures: list[ResourceFailure] = []
     error: str | None = None
-    try:
-        for item in source.scanner.scan(progress, context):
-            if isinstance(item, Measurement):
-                measurements.append(item)
-            else:
-                failures.append(item)
-    except SourceError as exc:
-        error = str(exc) or type(exc).__name__
-    except Exception as exc:
-        # A scanner bug fails its own source, never the others; the log keeps the trace.
-        log.exception("scanner of source %s crashed", source.name)
-        error = f"internal error in the {source.kind} scanner: {type(exc).__name__}: {exc}"
-    if error is not None:
-        measurements, failures = [], []
+    # Everything logged while measuring, the scanner's own lines included, names the scan.
+    with log_context(scan_id=scan_id, source=source.name):
+        log.debug("scanning source %s (%s)", source.name, source.kind)
+        try:
+            for item in source.scanner.scan(progress, context):
+                if isinstance(item, Measurement):
+                    measurements.append(item)
+                else:
+                    failures.append(item)
+        except SourceError as exc:
+            error = str(exc) or type(exc).__name__
+        except Exception as exc:
+            # A scanner bug fails its own source, never the others; the log keeps the trace.
+            log.exception("scanner of source %s crashed", source.name)
+            error = f"internal error in the {source.kind} scanner: {type(exc).__name__}: {exc}"
+        if error is not None:
+            measurements, failures = [], []
+        # INFO even when it failed: the caller (the CLI, a job) reports failures as its own.
+        outcome = f"{len(measurements)} resources measured, {len(failures)} failed"
+        log.info("scanned source %s: %s", source.name, outcome if error is None else error)
     return ScanInput(
         scan_id=scan_id,
         source=source.name,
@@ -68,9 +75,14 @@ def measure(
 
 def record(engine: Engine, settings: Settings, scan: ScanInput, actor: str) -> RecordResult:
     """Record one scan in its own transaction."""
-    with session_scope(engine, write=True) as session:
-        service = LedgerService(session, actor=actor, auto_register=settings.members.auto_register)
-        return service.record(scan)
+    with log_context(scan_id=scan.scan_id, source=scan.source):
+        with session_scope(engine, write=True) as session:
+            service = LedgerService(
+                session, actor=actor, auto_register=settings.members.auto_register
+            )
+            result = service.record(scan)
+        log.info("recorded scan of %s: %s, %d zeroed", scan.source, result.status, result.zeroed)
+    return result
 
 
 def select_sources(settings: Settings, names: Sequence[str]) -> list[SourceSettings]:
@@ -121,7 +133,8 @@ def scan_and_record(
         try:
             result = record(engine, settings, scan, actor)
         except Exception as exc:
-            log.exception("recording the scan of %s failed", source.name)
+            with log_context(scan_id=scan.scan_id, source=source.name):
+                log.exception("recording the scan of %s failed", source.name)
             outcomes.append(SourceOutcome(scan, None, f"{type(exc).__name__}: {exc}"))
             continue
         outcomes.append(SourceOutcome(scan, result))

@@ -30,6 +30,7 @@ from quotad.db import session_scope, utcnow
 from quotad.enforcement.service import EnforcementService
 from quotad.enforcers.notify import Notifier
 from quotad.jobs.service import JobFunc, JobResult, JobRunner, SlotOutcome
+from quotad.logs import log_context
 from quotad.scanning import scan_and_record
 from quotad.sources import cron_trigger
 from quotad.timeutil import format_time
@@ -189,6 +190,11 @@ class Scheduler:
         self._stopped = threading.Event()
 
     def _fire(self, job: Job) -> None:
+        # APScheduler's worker threads start with an empty log context.
+        with log_context(job=job.name):
+            self._run(job)
+
+    def _run(self, job: Job) -> None:
         now = utcnow()
         slot = slot_of(job.trigger, now, self.grace + SLOT_MARGIN)
         if slot is None:  # pragma: no cover - APScheduler fires within the grace

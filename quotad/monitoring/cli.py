@@ -21,7 +21,7 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from quotad import migrate
+from quotad import logs, migrate
 from quotad.config import Settings, load_settings
 from quotad.db import make_engine, session_scope, utcnow
 from quotad.errors import ConfigError, QuotadError
@@ -204,6 +204,8 @@ def _reason(exc: Exception) -> str:
 
 def _check(args: argparse.Namespace) -> CheckResult:
     settings = load_settings(args.config)
+    # Warnings and worse only, on stderr: stdout is the plugin's status line.
+    logs.configure(logs.command_settings(settings.logging, verbose=False))
     thresholds = thresholds_for(args, settings)
     names = list(dict.fromkeys(args.check_sources)) or [s.name for s in settings.sources]
     engine = _ledger(settings, args.timeout)
