@@ -177,9 +177,25 @@ def cmd_scan(args: argparse.Namespace) -> int:
     if not sources:
         print("no sources configured: add [[sources]] tables to the config", file=sys.stderr)
         return EXIT_OK
-    outcomes = scan_and_record(
-        engine, settings, sources, actor(), progress_for=_progress_for(sys.stderr), full=args.full
-    )
+    outcomes = []
+    for source in sources:
+        # The lock the scheduler's scan of the source takes: a scan from cron
+        # and a scheduled one never run side by side (nor their caches).
+        with job_lock(engine, f"scan:{source.name}") as held:
+            if not held:
+                print(
+                    f"quotad: another scan of {source.name} is running on this ledger; skipped",
+                    file=sys.stderr,
+                )
+                continue
+            outcomes += scan_and_record(
+                engine,
+                settings,
+                [source],
+                actor(),
+                progress_for=_progress_for(sys.stderr),
+                full=args.full,
+            )
     if sys.stderr.isatty():
         sys.stderr.write("\r\x1b[K")
     results = [_outcome_json(o) for o in outcomes]

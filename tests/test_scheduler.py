@@ -338,3 +338,32 @@ schedule = "*/1 * * * * *"
     assert all(r.outcome == "ok" for r in runs), [(r.job, r.detail) for r in runs]
     assert all(r.slot.microsecond == 0 for r in runs)
     assert scans is not None
+
+
+def test_quotad_scan_skips_a_source_whose_scheduled_scan_is_running(
+    ledger: Ledger, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from quotad import cli  # noqa: PLC0415
+
+    homes = tree(tmp_path, "alice")
+    config = ledger.config_file(
+        f"""
+[[sources]]
+name = "homes"
+kind = "tree"
+path = "{homes}/{{member}}"
+[[sources]]
+name = "other"
+kind = "tree"
+path = "{homes}/{{member}}"
+"""
+    )
+    with job_lock(ledger.engine, "scan:homes") as held:
+        assert held
+        assert cli.main(["--config", str(config), "scan", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert "another scan of homes is running" in err
+    assert '"source": "other"' in out
+    assert '"source": "homes"' not in out
+    with session_scope(ledger.engine) as session:
+        assert len(list(session.scalars(select(Scan.id)))) == 1
