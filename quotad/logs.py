@@ -50,6 +50,9 @@ _RECORD_ATTRS = frozenset(
 )
 
 
+CHATTY = ("apscheduler", "alembic.runtime.migration")
+
+
 @contextmanager
 def log_context(
     *,
@@ -185,6 +188,11 @@ def configure(
     root.addHandler(handler)
     level = logging.DEBUG if verbose else logging.getLevelNamesMapping()[settings.level]
     root.setLevel(level)
+    # Libraries that narrate every step at INFO (APScheduler twice per job
+    # run, Alembic on each readiness check) say what matters at WARNING;
+    # quotad's own lines tell the story. -v hears them again.
+    for name in CHATTY:
+        logging.getLogger(name).setLevel(logging.NOTSET if verbose else max(level, logging.WARNING))
     return handler
 
 

@@ -114,6 +114,13 @@ class JobRunner:
             "done" if ok else "FAILED",
             duration_us / 1e6,
             detail,
+            # Fields of their own in JSON logs, for whoever graphs the jobs.
+            extra={
+                "slot": slot.isoformat(),
+                "outcome": OK if ok else FAILED,
+                "duration_us": duration_us,
+                "run_id": run_id,
+            },
         )
         return SlotOutcome(RAN, ok, detail, run_id)
 
