@@ -319,7 +319,9 @@ def without_secondary_indexes(conn: psycopg.Connection[Any], table: str) -> Iter
         conn.execute(f'DROP INDEX "{name}"')
     yield
     for _, definition in indexes:
-        conn.execute(definition)
+        # A partitioned table's index reads "ON ONLY" (the parent alone);
+        # built on the whole table, it is built on every partition too.
+        conn.execute(definition.replace(" ON ONLY ", " ON ", 1))
     for name, definition in foreign_keys:
         conn.execute(f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {definition}')
 

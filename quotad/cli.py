@@ -49,6 +49,7 @@ from quotad.push import (
     scan_from_body,
 )
 from quotad.quotas.service import QuotaService
+from quotad.retention.cli import add_retention_command
 from quotad.scanning import (
     SourceOutcome,
     context_for,
@@ -886,6 +887,8 @@ def _add_billing_commands(commands: Any, add: Callable[..., argparse.ArgumentPar
     alist.add_argument("--member", metavar="M")
     alist.add_argument("--period", metavar="P", help="only those on this month's statement")
     alist.add_argument("--json", action="store_true")
+    # Retention thins only finalized months: it belongs with billing.
+    add_retention_command(commands, add)
 
 
 def build_parser(extensions: Sequence[Extension] = ()) -> argparse.ArgumentParser:

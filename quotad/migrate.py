@@ -9,8 +9,11 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
+from sqlalchemy.orm import Session
 
+from quotad.db import utcnow
 from quotad.errors import QuotadError
+from quotad.retention.repository import PartitionRepository
 
 
 class LedgerNotReady(QuotadError):
@@ -35,6 +38,10 @@ def upgrade_engine(engine: Engine, revision: str = "head") -> None:
     with engine.begin() as connection:
         cfg.attributes["connection"] = connection
         command.upgrade(cfg, revision)
+        # usage_samples' monthly partitions (PostgreSQL), kept ahead of time
+        # here as well as by the retention job; in the same transaction.
+        with Session(bind=connection) as session:
+            PartitionRepository(session).ensure_partitions(utcnow())
 
 
 def check_engine(engine: Engine) -> None:

@@ -12,6 +12,7 @@ can drive any of them instead.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from quotad.enforcement.service import EnforcementService
 from quotad.enforcers.notify import Notifier
 from quotad.jobs.service import JobFunc, JobResult, JobRunner, SlotOutcome
 from quotad.logs import log_context
+from quotad.retention.service import RetentionService
 from quotad.scanning import scan_and_record
 from quotad.sources import cron_trigger
 from quotad.timeutil import format_time
@@ -134,6 +136,24 @@ def billing_job(engine: Engine, settings: Settings) -> JobFunc:
     return run
 
 
+def retention_job(engine: Engine, settings: Settings) -> JobFunc:
+    def run(_slot: dt.datetime) -> JobResult:
+        service = RetentionService(
+            functools.partial(session_scope, engine), settings.retention, actor=ACTOR
+        )
+        result = service.run(utcnow())
+        periods = ", ".join(result.periods) or "none"
+        words = (
+            f"{result.samples_deleted} samples thinned (periods {periods}), "
+            f"{result.job_runs_deleted} job runs pruned"
+        )
+        if result.partitions_created:
+            words += f", partitions created: {', '.join(result.partitions_created)}"
+        return True, words
+
+    return run
+
+
 def jobs(engine: Engine, settings: Settings) -> list[Job]:
     """Every job the configuration asks for."""
     result = [
@@ -161,6 +181,9 @@ def jobs(engine: Engine, settings: Settings) -> list[Job]:
         result.append(Job("enforce", plan.enforce, enforce_job(engine, settings)))
     if plan.billing is not None:
         result.append(Job("billing", plan.billing, billing_job(engine, settings)))
+    if plan.retention is not None:
+        # The lock `quotad retention` takes too.
+        result.append(Job("retention", plan.retention, retention_job(engine, settings)))
     return result
 
 

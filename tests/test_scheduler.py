@@ -371,3 +371,26 @@ path = "{homes}/{{member}}"
     assert '"source": "homes"' not in out
     with session_scope(ledger.engine) as session:
         assert len(list(session.scalars(select(Scan.id)))) == 1
+
+
+def test_retention_job_prunes_old_job_runs_but_each_jobs_latest(ledger: Ledger) -> None:
+    now = utcnow()
+    old = now - dt.timedelta(days=200)
+    with session_scope(ledger.engine, write=True) as session:
+        repo = JobRepository(session)
+        repo.claim("enforce", old, "host-a:1", old)
+        repo.claim("enforce", old + dt.timedelta(minutes=15), "host-a:1", old)
+        repo.claim("billing", old, "host-a:1", old)
+    settings = ledger.settings('[retention]\njob_runs = "90d"')
+    (job,) = [j for j in jobs(ledger.engine, settings) if j.name == "retention"]
+    outcome = JobRunner(ledger.engine, "host-a:1").run_slot("retention", T0, job.func)
+    assert outcome.ok, outcome.detail
+    assert outcome.detail is not None
+    assert "1 job runs pruned" in outcome.detail
+    with session_scope(ledger.engine) as session:
+        left = {(r.job, r.slot) for r in JobRepository(session).runs()}
+    assert left == {
+        ("enforce", old + dt.timedelta(minutes=15)),
+        ("billing", old),
+        ("retention", T0),
+    }

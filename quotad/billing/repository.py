@@ -62,13 +62,27 @@ def _naive(value: dt.datetime) -> dt.datetime:
 # (bench/billing.py: that lookup cost a fifth of the query). The numbers are
 # exact: extract(epoch) of an interval is numeric with microseconds, and
 # bigint x numeric is numeric.
+#
+# The carry-in is looked for in the month before the period first, and in
+# all earlier months only if that month has none: usage_samples is
+# partitioned by month (migration 7e3b1d5a9c42), and an unbounded "latest
+# before" visits every month's partition for each resource (bench on two
+# years of history: the query took 2.3 times as long; bounded, 1.3 times).
 _PG_USAGE = """
 SELECT x.member_id, r.kind, {outer_sums}
 FROM resources r
 LEFT JOIN LATERAL (
-    SELECT c.measured_at FROM usage_samples c
-    WHERE c.resource_id = r.id AND c.measured_at < CAST(:p0 AS timestamp)
-    ORDER BY c.measured_at DESC, c.id DESC LIMIT 1
+    SELECT coalesce(
+        (SELECT c.measured_at FROM usage_samples c
+         WHERE c.resource_id = r.id
+           AND c.measured_at >= CAST(:p0 AS timestamp) - interval '1 month'
+           AND c.measured_at < CAST(:p0 AS timestamp)
+         ORDER BY c.measured_at DESC, c.id DESC LIMIT 1),
+        (SELECT c.measured_at FROM usage_samples c
+         WHERE c.resource_id = r.id
+           AND c.measured_at < CAST(:p0 AS timestamp) - interval '1 month'
+         ORDER BY c.measured_at DESC, c.id DESC LIMIT 1)
+    ) AS measured_at
 ) carry ON true
 CROSS JOIN LATERAL (
     SELECT spans.member_id, {plan_sums}

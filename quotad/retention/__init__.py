@@ -1,0 +1,1 @@
+"""Retention: thinning old raw usage samples, pruning job runs, monthly partitions."""
