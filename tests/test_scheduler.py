@@ -394,3 +394,43 @@ def test_retention_job_prunes_old_job_runs_but_each_jobs_latest(ledger: Ledger) 
         ("billing", old),
         ("retention", T0),
     }
+
+
+def test_missed_slots_are_coalesced_into_one_run(ledger: Ledger) -> None:
+    settings = ledger.settings(
+        """
+[scheduler]
+enforce = "*/3 * * * * *"
+billing = false
+full_rescan = false
+retention = false
+misfire_grace = "30s"
+"""
+    )
+    scheduler = Scheduler(ledger.engine, settings, "host-a:1")
+    ran = threading.Event()
+    scheduler.on_outcome = lambda _job, _outcome: ran.set()
+    trigger = cron_trigger("*/3 * * * * *")
+    # A process that was busy (or stopped) over several slots: paused, then
+    # resumed 1.5 s after the last slot it missed.
+    paused_at = utcnow()
+    scheduler._aps.start(paused=True)
+    try:
+        threading.Event().wait(4)
+        last_missed = slot_of(trigger, utcnow(), dt.timedelta(seconds=10))
+        assert last_missed is not None
+        resume_at = last_missed + dt.timedelta(seconds=4.5)
+        threading.Event().wait((resume_at - utcnow()).total_seconds())
+        resumed_at = utcnow()
+        scheduler._aps.resume()
+        assert ran.wait(10)
+    finally:
+        scheduler.shutdown(wait=True)
+    with session_scope(ledger.engine) as session:
+        slots = [r.slot for r in JobRepository(session).runs("enforce")]
+    # The missed slots ran once, promptly, as the latest of them (1.5 s late,
+    # within the grace); none of the earlier ones ran on its own.
+    assert slots
+    assert slots[0] == slot_of(trigger, resumed_at, dt.timedelta(seconds=10))
+    assert resumed_at - dt.timedelta(seconds=2) < slots[0] < resumed_at
+    assert paused_at < slots[0]
