@@ -143,3 +143,47 @@ def test_two_serve_instances_run_every_slot_exactly_once(ledger: Ledger, tmp_pat
     for job in SCHEDULES:
         assert f'quotad_job_last_outcome{{job="{job}",outcome="ok"}} 1' in metrics
         assert f'quotad_job_runs{{job="{job}",outcome="failed"}} 0' in metrics
+
+
+def test_quotad_scheduler_runs_jobs_alone_and_stops_on_sigterm(ledger: Ledger) -> None:
+    config_file = ledger.config_file(
+        """
+[scheduler]
+enforce = "*/1 * * * * *"
+billing = false
+full_rescan = false
+retention = false
+"""
+    )
+    listed = subprocess.run(
+        [sys.executable, "-m", "api", "--config", str(config_file), "scheduler", "--list"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert listed.stdout.split("\n")[0].split() == ["job", "schedule", "next", "run"]
+    assert "enforce" in listed.stdout
+    process = subprocess.Popen(
+        [sys.executable, "-m", "api", "--config", str(config_file), "scheduler"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with session_scope(ledger.engine) as session:
+                done = session.scalar(select(func.count(JobRun.id)).where(JobRun.outcome == "ok"))
+            if done:
+                break
+            assert process.poll() is None, process.communicate()[0]
+            assert time.monotonic() < deadline, "quotad scheduler ran nothing in 30 s"
+            time.sleep(0.2)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=30)[0]
+    assert process.returncode == 0, output
+    with session_scope(ledger.engine) as session:
+        outcomes = set(session.scalars(select(JobRun.outcome)))
+    # Stopped between runs or after letting the one in progress end.
+    assert outcomes == {"ok"}
