@@ -223,8 +223,15 @@ def load_settings(
     env_keys = _apply_environment(raw, env)
     file_label = str(path) if path is not None else BUILTIN
     base_dir = path.resolve().parent if path is not None else Path.cwd()
+    # systemd's StateDirectory= (a colon-separated list when there are several).
+    state = env.get("STATE_DIRECTORY", "").split(":")[0]
     return parse_settings(
-        raw, file_label=file_label, base_dir=base_dir, config_path=path, env_keys=env_keys
+        raw,
+        file_label=file_label,
+        base_dir=base_dir,
+        config_path=path,
+        env_keys=env_keys,
+        state_dir=Path(state) if state else None,
     )
 
 
@@ -264,8 +271,9 @@ def parse_settings(
     base_dir: Path,
     config_path: Path | None = None,
     env_keys: set[str] | frozenset[str] = frozenset(),
+    state_dir: Path | None = None,
 ) -> Settings:
-    """Validate a raw TOML document into Settings."""
+    """Validate a raw TOML document into Settings; STATE_DIR: systemd's, if any."""
     top = Options(raw)
     try:
         url_base = Path.cwd() if "database_url" in env_keys else base_dir
@@ -285,7 +293,7 @@ def parse_settings(
         retention = _retention(Options(top.table("retention"), "retention."))
         logging = _logging(Options(top.table("logging"), "logging."))
         sources = _sources(top.raw("sources", []), base_dir)
-        cache_dir = _cache_dir(top, database_url, env_keys, base_dir)
+        cache_dir = _cache_dir(top, database_url, env_keys, base_dir, state_dir)
         top.finish()
     except OptionError as exc:
         label = file_label
@@ -310,14 +318,26 @@ def parse_settings(
     )
 
 
-def _cache_dir(top: Options, database_url: str, env_keys: AbstractSet[str], base: Path) -> Path:
-    """`cache_dir`, by default beside an SQLite ledger, else ./var/cache by the config."""
+def _cache_dir(
+    top: Options,
+    database_url: str,
+    env_keys: AbstractSet[str],
+    base: Path,
+    state_dir: Path | None,
+) -> Path:
+    """`cache_dir`: by default beside an SQLite ledger, else in systemd's state directory.
+
+    Without either, ./var/cache by the config. Under systemd the config's
+    folder (/etc/quotad) is read-only, and an agent's outbox must survive.
+    """
     text = top.optional_string("cache_dir")
     if text:
         return resolve_path(text, Path.cwd() if "cache_dir" in env_keys else base)
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite" and url.database:
         return Path(url.database).parent / "cache"
+    if state_dir is not None:
+        return state_dir / "cache"
     return base / "var" / "cache"
 
 

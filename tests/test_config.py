@@ -123,6 +123,11 @@ def test_cache_dir(cwd: Path) -> None:
     assert load_settings(config, environ={}).cache_dir == folder / "var" / "cache"
     settings = load_settings(config, environ={"QUOTAD_CACHE_DIR": "here"})
     assert settings.cache_dir == cwd / "here"
+    # Under systemd (StateDirectory=quotad) the state directory, not /etc.
+    under_systemd = {"STATE_DIRECTORY": "/var/lib/quotad:/var/lib/other"}
+    assert load_settings(config, environ=under_systemd).cache_dir == Path("/var/lib/quotad/cache")
+    config.write_text('database_url = "postgresql://q@db/ledger"\ncache_dir = "/srv/c"\n')
+    assert load_settings(config, environ=under_systemd).cache_dir == Path("/srv/c")
     config.write_text("cache_dir = 5\n")
     with pytest.raises(ConfigError, match="cache_dir"):
         load_settings(config, environ={})
