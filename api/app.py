@@ -10,7 +10,17 @@ from fastapi import FastAPI
 
 from api import errors, metrics, requestid
 from api.deps import Context
-from api.routers import audit, billing, health, history, members, quotas, scans, usage
+from api.routers import (
+    audit,
+    billing,
+    forecast,
+    health,
+    history,
+    members,
+    quotas,
+    scans,
+    usage,
+)
 from api.schemas.common import errors as error_responses
 from quotad.config import Settings
 from quotad.db import make_engine
@@ -57,7 +67,7 @@ def create_app(settings: Settings, *, scheduler: bool = False) -> FastAPI:
     )
     app.state.quotad = Context(settings=settings, engine=engine)
     errors.install(app, settings.server.max_body)
-    for module in (health, usage, history, members, quotas, audit, scans, billing):
+    for module in (health, usage, history, forecast, members, quotas, audit, scans, billing):
         app.include_router(module.router)
     metrics.install(app)
     requestid.install(app)
