@@ -69,7 +69,6 @@ def create_app(settings: Settings, *, scheduler: bool = False) -> FastAPI:
     errors.install(app, settings.server.max_body)
     for module in (health, usage, history, forecast, members, quotas, audit, scans, billing):
         app.include_router(module.router)
-    metrics.install(app)
-    requestid.install(app)
+    requestid.install(app, observe=metrics.install(app).observe)
 
     return app

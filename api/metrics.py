@@ -5,19 +5,18 @@ member counted once, in its worst scope's state), per scheduled job the outcome,
 time and duration of its latest run (from the ledger, so every instance shows
 what all of them ran), and per route template (never
 the raw path, which would make a label per member name) request counts and a
-latency histogram, gathered by a middleware.
+latency histogram, fed by the request-id middleware (api/requestid.py), the
+one place a request is timed.
 """
 
 from __future__ import annotations
 
 import bisect
 import threading
-import time
 from collections.abc import Iterable
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.deps import ContextDep
 from api.schemas.common import errors
@@ -62,7 +61,9 @@ class RequestStats:
         # Per (method, route): bucket counts (not cumulative), sum, count.
         self.latency: dict[tuple[str, str], tuple[list[int], float, int]] = {}
 
-    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+    def observe(self, method: str, route: str | None, status: int, seconds: float) -> None:
+        """One answer; ROUTE None for a request that matched no route."""
+        route = route or UNMATCHED
         with self._lock:
             key = (method, route, str(status))
             self.counts[key] = self.counts.get(key, 0) + 1
@@ -93,33 +94,6 @@ class RequestStats:
             yield f"{name}_bucket{labels(method=method, route=route, le='+Inf')} {count}"
             yield f"{name}_sum{labels(method=method, route=route)} {number(total)}"
             yield f"{name}_count{labels(method=method, route=route)} {count}"
-
-
-class CountRequests:
-    """Times every HTTP request and records it under its route template."""
-
-    def __init__(self, app: ASGIApp, stats: RequestStats) -> None:
-        self.app = app
-        self.stats = stats
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def tracked(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracked)
-        finally:
-            route = getattr(scope.get("route"), "path", None) or UNMATCHED
-            self.stats.observe(scope["method"], route, status, time.perf_counter() - started)
 
 
 router = APIRouter(tags=["health"])
@@ -195,8 +169,9 @@ def metrics(request: Request, context: ContextDep) -> Response:
     return Response("\n".join(lines) + "\n", media_type=CONTENT_TYPE)
 
 
-def install(app: FastAPI) -> None:
-    """The /metrics route and the middleware that counts requests (outermost)."""
-    app.state.request_stats = RequestStats()
+def install(app: FastAPI) -> RequestStats:
+    """The /metrics route; the request middleware (api/requestid.py) feeds the stats."""
+    stats = RequestStats()
+    app.state.request_stats = stats
     app.include_router(router)
-    app.add_middleware(CountRequests, stats=app.state.request_stats)
+    return stats

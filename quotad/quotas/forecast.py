@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from quotad.config import Settings
 from quotad.ledger.repository import SamplePoint
 from quotad.members.service import MemberService
-from quotad.quotas.history import replay, samples_between
+from quotad.quotas.history import boundaries, replay, samples_between
 from quotad.quotas.service import QuotaService
 from quotad.timeutil import format_time
 
@@ -121,14 +121,7 @@ def scope_points(
     if not theirs:
         return []
     first_seen = min(theirs)
-    start = now - WINDOW
-    midnight = start.replace(hour=0, minute=0, second=0, microsecond=0)
-    if midnight < start:
-        midnight += dt.timedelta(days=1)
-    instants = []
-    while midnight <= now:
-        instants.append(midnight)
-        midnight += dt.timedelta(days=1)
+    instants = boundaries(now - WINDOW, now, "day")
     if not instants or instants[-1] != now:
         instants.append(now)
     instants = [at for at in instants if at >= first_seen]
