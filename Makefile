@@ -20,9 +20,11 @@ DEMO := var/demo
 # OpenAFS's servers and vos/afsio/pts (tests/afs_cell.py starts a -noauth
 # test cell on loopback for the afs scanner; never openafs-modules-dkms: no
 # kernel client is needed), mariadb-admin (to see that MariaDB answers),
-# systemd-analyze (deploy/'s units are verified by the tests).
+# systemd-analyze (deploy/'s units are verified by the tests), chromium (the
+# page tests drive it headless through playwright, which then downloads no
+# browser of its own), fonts-liberation (legible text in its screenshots).
 DEBIAN_PACKAGES := coreutils util-linux findutils postgresql-client dovecot-core \
-	openafs-fileserver openafs-dbserver openafs-client mariadb-client systemd
+	openafs-fileserver openafs-dbserver openafs-client mariadb-client systemd chromium fonts-liberation
 
 .PHONY: run test lint typecheck importlint pytest deps system-deps services mailman-env bench clean
 

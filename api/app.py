@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from api import errors, metrics, requestid
 from api.deps import Context
+from api.pages import routes as pages
 from api.routers import (
     audit,
     billing,
@@ -69,6 +70,7 @@ def create_app(settings: Settings, *, scheduler: bool = False) -> FastAPI:
     errors.install(app, settings.server.max_body)
     for module in (health, usage, history, forecast, members, quotas, audit, scans, billing):
         app.include_router(module.router)
+    app.include_router(pages.router)
     requestid.install(app, observe=metrics.install(app).observe)
 
     return app

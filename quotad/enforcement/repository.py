@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from quotad.db import table_of
 from quotad.enforcement.models import EnforcementAction, Notification
+from quotad.members.models import Member
 
 RESTRICT = "restrict"
 LIFT = "lift"
@@ -49,6 +50,16 @@ class EnforcementRepository:
         if member_id is not None:
             query = query.where(EnforcementAction.member_id == member_id)
         return self.session.scalars(query).all()
+
+    def recent(self, limit: int) -> list[tuple[EnforcementAction, str | None]]:
+        """The newest LIMIT actions, newest first, each with its member's name (if any)."""
+        query = (
+            select(EnforcementAction, Member.name)
+            .outerjoin(Member, Member.id == EnforcementAction.member_id)
+            .order_by(EnforcementAction.id.desc())
+            .limit(limit)
+        )
+        return [(action, name) for action, name in self.session.execute(query)]
 
     def add_notifications(self, rows: Sequence[dict[str, Any]]) -> None:
         if rows:
