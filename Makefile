@@ -44,7 +44,8 @@ run: deps
 	admin=$$($(BIN)/quotad --config $(DEMO)/quotad.toml token create --role admin --label "make run") && \
 	echo && echo "The HTTP API is starting on http://127.0.0.1:8640 (docs at /docs; Ctrl-C stops it). Try:" && \
 	echo "  curl -H \"Authorization: Bearer $$member\" http://127.0.0.1:8640/me/usage" && \
-	echo "  curl -H \"Authorization: Bearer $$admin\" http://127.0.0.1:8640/report" && echo
+	echo "  curl -H \"Authorization: Bearer $$admin\" http://127.0.0.1:8640/report" && \
+	echo "or open http://127.0.0.1:8640/ in a browser and sign in with either token." && echo
 	$(BIN)/quotad --config $(DEMO)/quotad.toml serve
 
 test: deps services lint typecheck importlint pytest

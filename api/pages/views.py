@@ -249,7 +249,7 @@ def admin_page(
     session: Session, settings: Settings, now: dt.datetime, sort: str, order: str
 ) -> dict[str, Any]:
     quota_service = QuotaService(session, settings)
-    members = [member_row(u) for u in quota_service.report(now)]
+    members = [member_row(u, now) for u in quota_service.report(now)]
     over = sorted(
         (m for m in members if m["severity"] > 0),
         key=lambda m: (-m["severity"], -m["total"]["bytes"], m["member"]),
@@ -280,11 +280,14 @@ def vars_of(row: Any) -> dict[str, Any]:
     return {name: getattr(row, name) for name in row.__slots__}
 
 
-def member_row(usage: Mapping[str, Any]) -> dict[str, Any]:
+def member_row(usage: Mapping[str, Any], now: dt.datetime) -> dict[str, Any]:
     quotas = usage["quotas"]
     worst = max(quotas, key=lambda q: SEVERITY.get(q["state"], 0), default=None)
     total = next((q for q in quotas if q["scope"] == "total"), None)
-    grace_ends = [parse_time(q["grace_ends_at"]) for q in quotas if q["grace_ends_at"]]
+    grace_ends = [t for q in quotas if (t := parse_time(q["grace_ends_at"])) is not None]
+    # A member over the hard limit may still be inside the grace period: the
+    # date, not the state, says whether it has ended.
+    grace_end = min(grace_ends, default=None)
     severity = SEVERITY.get(worst["state"], 0) if worst else 0
     return {
         **usage,
@@ -299,8 +302,8 @@ def member_row(usage: Mapping[str, Any]) -> dict[str, Any]:
             if total
             else "none"
         ),
-        "grace_text": when_words(min(d for d in grace_ends if d)) if grace_ends else "",
-        "grace_over": severity >= SEVERITY["grace_expired"],
+        "grace_text": when_words(grace_end) if grace_end else "",
+        "grace_over": grace_end is not None and grace_end <= now,
         "stale": sum(1 for r in usage["resources"] if r["stale"]),
     }
 

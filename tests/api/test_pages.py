@@ -260,3 +260,20 @@ def test_a_bad_bearer_token_gets_a_page_not_a_redirect(api: Api, path: str) -> N
     response = api.client.get(path, headers=bearer("qd_" + "a" * 43))
     assert response.status_code == 401
     assert "Sign in" in response.text
+
+
+def test_admin_page_says_whether_a_grace_period_has_ended(api: Api) -> None:
+    # carol has been over her soft limit for ten days (grace 7 days): ended.
+    # dave went over his hard limit an hour ago: restricted, but his grace
+    # period, which began then, has not ended.
+    api.record("homes", NOW - dt.timedelta(days=10), [("carol", 1500, 1), ("dave", 10, 1)])
+    api.record("homes", NOW - dt.timedelta(hours=1), [("carol", 1500, 1), ("dave", 2500, 1)])
+    page = api.client.get("/admin", headers=bearer(api.token("admin"))).text
+    over = page.split('id="over-quota"')[1].split("</ul>")[0]
+    items = re.findall(r'<li data-member="(\w+)">(.*?)</li>', over, re.DOTALL)
+    assert [name for name, _ in items] == ["dave", "carol"]  # hard before grace over
+    dave, carol = (text for _, text in items)
+    assert "over hard limit" in dave
+    assert "grace ends" in dave
+    assert "grace period over" in carol
+    assert "grace ended" in carol
