@@ -37,3 +37,27 @@ def parse_time(text: str) -> dt.datetime:
     except OverflowError:
         # 9999-12-31T23:00:00-05:00 is past the last representable UTC time.
         raise ValueError(f"time out of range: {text!r}") from None
+
+
+# English names, not strftime's: %B follows the process's locale, and what
+# quotad writes to members (mail, pages, forecasts) must not change with it.
+MONTHS = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
+WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+
+
+def day_words(at: dt.datetime) -> str:
+    """A day for a person: "14 January 2027"."""
+    return f"{at.day} {MONTHS[at.month - 1]} {at.year}"

@@ -19,6 +19,7 @@ from itertools import pairwise
 from markupsafe import Markup
 
 from quotad.formatting import human_size
+from quotad.timeutil import MONTHS, day_words
 
 SVG_NS = "http://www.w3.org/2000/svg"
 
@@ -43,20 +44,6 @@ LABEL_GAP = 140
 DATE_LABEL_WIDTH = 900
 MAX_DATE_LABELS = 6
 
-MONTHS = (
-    "January",
-    "February",
-    "March",
-    "April",
-    "May",
-    "June",
-    "July",
-    "August",
-    "September",
-    "October",
-    "November",
-    "December",
-)
 _ID = re.compile(r"[A-Za-z][A-Za-z0-9_-]*\Z")
 # Characters XML 1.0 cannot hold even escaped; dropped so that any name still parses.
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
@@ -291,20 +278,16 @@ def _description(data: list[tuple[dt.datetime, int]], limits: list[Limit]) -> st
     (first, first_bytes), (last, last_bytes) = data[0], data[-1]
     highest = max(b for _, b in data)
     if len(data) == 1:
-        text = f"{human_size(last_bytes)} on {_date_words(last)}."
+        text = f"{human_size(last_bytes)} on {day_words(last)}."
     else:
         text = (
-            f"From {human_size(first_bytes)} on {_date_words(first)}"
-            f" to {human_size(last_bytes)} on {_date_words(last)}; highest {human_size(highest)}."
+            f"From {human_size(first_bytes)} on {day_words(first)}"
+            f" to {human_size(last_bytes)} on {day_words(last)}; highest {human_size(highest)}."
         )
     if limits:
         named = "; ".join(f"{lim.label} {human_size(lim.bytes or 0)}" for lim in limits)
         text += f" {named[:1].upper()}{named[1:]}."
     return text
-
-
-def _date_words(at: dt.datetime) -> str:
-    return f"{at.day} {MONTHS[at.month - 1]} {at.year}"
 
 
 def _line(

@@ -26,9 +26,10 @@ from quotad.errors import NotFound
 from quotad.formatting import human_size
 from quotad.monitoring.repository import MonitoringRepository
 from quotad.monitoring.service import duration
-from quotad.quotas.forecast import day_words, forecast
+from quotad.quotas.forecast import forecast
 from quotad.quotas.history import usage_history
 from quotad.quotas.service import QuotaService
+from quotad.timeutil import MONTHS, day_words
 
 HISTORY_DAYS = 90
 PAST_STATEMENTS = 6
@@ -55,7 +56,7 @@ def when_words(at: dt.datetime) -> str:
 
 def short_when(at: dt.datetime) -> str:
     """A moment in a table cell, where room is short: "14 Jan 2027, 03:00 UTC"."""
-    return f"{at.day} {at:%b} {at.year}, {at:%H:%M} UTC"
+    return f"{at.day} {MONTHS[at.month - 1][:3]} {at.year}, {at:%H:%M} UTC"
 
 
 def parse_time(text: str | None) -> dt.datetime | None:

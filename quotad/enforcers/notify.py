@@ -28,6 +28,7 @@ from typing import Literal
 from quotad.config import SmtpSettings
 from quotad.errors import ConfigError
 from quotad.formatting import table
+from quotad.timeutil import WEEKDAYS, day_words
 
 Event = Literal["warning", "state", "all_clear"]
 State = Literal["ok", "soft", "grace_expired", "hard"]
@@ -116,21 +117,6 @@ SUBJECT_FORBIDDEN = frozenset({"advice", "resources", "quotas"})
 
 _SUBJECT_RE = re.compile(r"^Subject:[ \t]*(.*)$")
 _UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
-_DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
-_MONTHS = (
-    "January",
-    "February",
-    "March",
-    "April",
-    "May",
-    "June",
-    "July",
-    "August",
-    "September",
-    "October",
-    "November",
-    "December",
-)
 
 
 class NotifyError(Exception):
@@ -554,7 +540,7 @@ def _percent(value: Decimal) -> str:
 def when(moment: dt.datetime) -> str:
     """A time in words, to the minute, in UTC: "Monday 7 December 2026 at 14:00 UTC"."""
     t = moment.astimezone(dt.UTC)
-    return f"{_DAYS[t.weekday()]} {t.day} {_MONTHS[t.month - 1]} {t.year} at {t:%H:%M} UTC"
+    return f"{WEEKDAYS[t.weekday()]} {day_words(t)} at {t:%H:%M} UTC"
 
 
 def grace_sentence(ends: dt.datetime, now: dt.datetime) -> str:

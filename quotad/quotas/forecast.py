@@ -28,7 +28,7 @@ from quotad.ledger.repository import SamplePoint
 from quotad.members.service import MemberService
 from quotad.quotas.history import boundaries, replay, samples_between
 from quotad.quotas.service import QuotaService
-from quotad.timeutil import format_time
+from quotad.timeutil import day_words, format_time
 
 WINDOW = dt.timedelta(days=30)
 MIN_SPAN = dt.timedelta(days=7)
@@ -88,10 +88,6 @@ def reaches(trend: Trend, used: int, limit: int | None, now: dt.datetime) -> dic
         if seconds <= HORIZON.total_seconds():
             at = now + dt.timedelta(seconds=seconds)
     return {"limit_bytes": limit, "over": False, "reaches_at": format_time(at)}
-
-
-def day_words(at: dt.datetime) -> str:
-    return f"{at.day} {at.strftime('%B')} {at.year}"
 
 
 def summary(trend: Trend, soft: dict[str, Any] | None, hard: dict[str, Any] | None) -> str:
