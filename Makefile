@@ -63,7 +63,7 @@ importlint: deps
 pytest: deps services mailman-env
 	$(BIN)/pytest
 
-# bench/api.py and bench/billing.py need PostgreSQL on 127.0.0.1:5432 (a scratch
+# bench/api.py, bench/billing.py and bench/pages.py need PostgreSQL on 127.0.0.1:5432 (a scratch
 # database each, dropped afterwards).
 bench: deps services
 	$(BIN)/python bench/tree_scan.py
@@ -71,6 +71,7 @@ bench: deps services
 	$(BIN)/python bench/afs_listing.py
 	$(BIN)/python bench/api.py
 	$(BIN)/python bench/billing.py
+	$(BIN)/python bench/pages.py
 
 deps: system-deps $(STAMP)
 

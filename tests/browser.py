@@ -29,8 +29,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.api.conftest import PLAN
-from tests.conftest import Ledger, need
+from tests.conftest import need
 
 if TYPE_CHECKING:
     # Only for annotations: the module must import without playwright, so
@@ -120,13 +119,6 @@ def serve(config: Path, env: Mapping[str, str] | None = None) -> Iterator[Server
                 process.kill()
                 process.wait()
         print(f"--- quotad serve log ({server.base}) ---\n{server.output}")
-
-
-@pytest.fixture
-def server(ledger: Ledger) -> Iterator[Server]:
-    """`quotad serve` on the test's ledger with the API tests' default PLAN."""
-    with serve(ledger.config_file(PLAN)) as running:
-        yield running
 
 
 @pytest.fixture(scope="session")
