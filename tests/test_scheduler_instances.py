@@ -141,7 +141,13 @@ def test_two_serve_instances_run_every_slot_exactly_once(ledger: Ledger, tmp_pat
     instances = {r.instance for r in runs}
     assert 1 <= len(instances) <= 2
     for job in SCHEDULES:
-        assert f'quotad_job_last_outcome{{job="{job}",outcome="ok"}} 1' in metrics
+        # The latest slot may be one still running when /metrics was asked
+        # (scan:homes starts every 2 s); it is never a failure.
+        assert (
+            f'quotad_job_last_outcome{{job="{job}",outcome="ok"}} 1' in metrics
+            or f'quotad_job_last_outcome{{job="{job}",outcome="running"}} 1' in metrics
+        ), metrics
+        assert f'quotad_job_last_outcome{{job="{job}",outcome="failed"}} 0' in metrics
         assert f'quotad_job_runs{{job="{job}",outcome="failed"}} 0' in metrics
 
 
