@@ -89,6 +89,18 @@ def peer_is_trusted(request: Request, settings: Settings) -> bool:
 
 def get_principal(request: Request, context: ContextDep) -> Principal:
     """The caller, from a bearer token or, from a trusted proxy, the identity header."""
+    principal = credentials_of(request, context)
+    if principal is None:
+        raise Unauthorized("credentials are required: send `Authorization: Bearer TOKEN`")
+    return principal
+
+
+def credentials_of(request: Request, context: Context) -> Principal | None:
+    """The caller the request's headers name, None if they name nobody; Unauthorized if bad.
+
+    The pages ask this too, before their own session cookie, so that both
+    weigh a bearer token and the proxy's header alike.
+    """
     context.ensure_ready()
     authorization = request.headers.get("authorization")
     if authorization is not None:
@@ -106,7 +118,7 @@ def get_principal(request: Request, context: ContextDep) -> Principal:
             raise Unauthorized(f"the {header} header is empty")
         with session_scope(context.engine) as session:
             return TokenService(session, AUTH_ACTOR).member_principal(identity.strip())
-    raise Unauthorized("credentials are required: send `Authorization: Bearer TOKEN`")
+    return None
 
 
 def require(*roles: str) -> Callable[[Principal], Coroutine[Any, Any, Principal]]:

@@ -24,10 +24,9 @@ from dataclasses import dataclass
 
 from fastapi import Request, Response
 
-from api.deps import AUTH_ACTOR, Context, peer_is_trusted
+from api.deps import AUTH_ACTOR, Context, credentials_of, peer_is_trusted
 from quotad.auth.service import Principal, TokenService
 from quotad.db import session_scope
-from quotad.errors import Unauthorized
 
 SESSION_COOKIE = "quotad_session"
 CSRF_COOKIE = "quotad_csrf"
@@ -57,21 +56,9 @@ class FormError(Exception):
 
 def caller(request: Request, context: Context) -> Caller | None:
     """The signed-in caller, or None when nobody is; Unauthorized for bad credentials."""
-    context.ensure_ready()
-    settings = context.settings
-    identity = request.headers.get(settings.server.identity_header)
-    if identity is not None and peer_is_trusted(request, settings):
-        if not identity.strip():
-            raise Unauthorized(f"the {settings.server.identity_header} header is empty")
-        with session_scope(context.engine) as session:
-            principal = TokenService(session, AUTH_ACTOR).member_principal(identity.strip())
-        return Caller(principal, "proxy")
-    authorization = request.headers.get("authorization")
-    if authorization is not None:
-        scheme, _, token = authorization.strip().partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthorized("the Authorization header must be `Bearer TOKEN`")
-        return Caller(authenticate(context, token.strip()), "bearer")
+    principal = credentials_of(request, context)
+    if principal is not None:
+        return Caller(principal, "proxy" if principal.token_id is None else "bearer")
     kept = request.cookies.get(cookie_name(SESSION_COOKIE, secure=is_https(request, context)))
     if kept:
         return Caller(authenticate(context, kept), "cookie")

@@ -9,6 +9,7 @@ disagree. Only the wording and the drawing are made here.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -268,17 +269,14 @@ def admin_page(
             "count": unattributed.count,
             "bytes_text": human_size(unattributed.bytes),
             "largest": [
-                {**vars_of(r), "bytes_text": human_size(r.bytes)} for r in unattributed.largest
+                {**dataclasses.asdict(r), "bytes_text": human_size(r.bytes)}
+                for r in unattributed.largest
             ],
         },
         "actions": action_rows(session),
         "now_text": when_words(now),
         "total_text": human_size(sum(m["total"]["bytes"] for m in members)),
     }
-
-
-def vars_of(row: Any) -> dict[str, Any]:
-    return {name: getattr(row, name) for name in row.__slots__}
 
 
 def member_row(usage: Mapping[str, Any], now: dt.datetime) -> dict[str, Any]:
